@@ -1,0 +1,127 @@
+"""Operations shared by the browser views and the JSON API: create, cancel, delete.
+
+Each one validates fully before writing, writes in one transaction, and enqueues after commit,
+so a bad input or a broker outage never leaves anything half-saved.
+"""
+
+from __future__ import annotations
+
+from django.db import transaction
+from django.utils import timezone
+from metatrain import Config, ConfigError
+
+from .dispatch import enqueue_on_commit
+from .models import Experiment, Queue, Run
+
+MAX_SEEDS = 20
+
+
+class ServiceError(ValueError):
+    """A request that cannot be carried out; `field` names the input at fault, if any."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def build_run_configs(config: dict, seeds: list[int]) -> list[Config]:
+    """One validated metatrain Config per seed. Raises ConfigError naming the bad field."""
+    if not seeds:
+        raise ServiceError("Give at least one seed.", field="seeds")
+    if len(seeds) > MAX_SEEDS:
+        raise ServiceError(f"At most {MAX_SEEDS} seeds per experiment.", field="seeds")
+    if len(set(seeds)) != len(seeds):
+        raise ServiceError("Seeds must be distinct.", field="seeds")
+    if "seed" in config:
+        raise ServiceError("Give seeds in the seeds list, not in the config.", field="seed")
+    return [Config.from_dict({**config, "seed": seed}) for seed in seeds]
+
+
+@transaction.atomic
+def create_experiment(
+    owner,
+    *,
+    name: str,
+    config: dict,
+    seeds: list[int],
+    queue: str = Queue.ANY,
+    description: str = "",
+    preset: str = "",
+    cloned_from: Experiment | None = None,
+) -> Experiment:
+    """Validate, save the experiment and one queued run per seed, enqueue after commit."""
+    if queue not in Queue.values:
+        raise ServiceError(f"Unknown queue {queue!r}; choose one of {Queue.values}.", "queue")
+    run_configs = build_run_configs(config, seeds)
+    stored_config = {k: v for k, v in run_configs[0].to_dict().items() if k != "seed"}
+    experiment = Experiment.objects.create(
+        owner=owner,
+        name=name,
+        description=description,
+        preset=preset,
+        config=stored_config,
+        seeds=list(seeds),
+        queue=queue,
+        cloned_from=cloned_from,
+    )
+    runs = [
+        Run.objects.create(
+            experiment=experiment,
+            seed=cfg.seed,
+            config=cfg.to_dict(),
+            config_hash=cfg.config_hash(),
+            queue=queue,
+            dataset=cfg.dataset,
+            split=cfg.split if cfg.dataset == "omniglot" else "",
+            algorithm=cfg.algorithm,
+            ways=None if cfg.dataset == "sine" else cfg.ways,
+            shots=cfg.shots if cfg.dataset != "sine" else cfg.sine_points,
+            transductive=cfg.transductive,
+        )
+        for cfg in run_configs
+    ]
+    enqueue_on_commit(runs)
+    return experiment
+
+
+def request_cancel(run: Run) -> Run:
+    """Cancel a queued run at once; ask a running one to stop (the loop polls the flag and
+    checkpoints). Finished runs are left as they are."""
+    now = timezone.now()
+    changed = Run.objects.filter(pk=run.pk, status__in=[Run.Status.QUEUED, Run.Status.LOST]).update(
+        status=Run.Status.CANCELLED,
+        cancel_requested=True,
+        finished_at=now,
+        status_reason="cancelled before it started",
+    )
+    if not changed:
+        Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).update(cancel_requested=True)
+    run.refresh_from_db()
+    return run
+
+
+@transaction.atomic
+def delete_experiment(experiment: Experiment) -> None:
+    """Delete an experiment with its runs, points and files; refused while a run is running."""
+    if experiment.runs.filter(status=Run.Status.RUNNING).exists():
+        raise ServiceError("Cancel the running runs first; a running run cannot be deleted.")
+    files = []
+    for run in experiment.runs.all():
+        files += [f for f in (run.initialization, run.config_file) if f]
+    experiment.delete()
+
+    def _remove_files() -> None:
+        for f in files:
+            f.storage.delete(f.name)
+
+    transaction.on_commit(_remove_files)
+
+
+__all__ = [
+    "ConfigError",
+    "ServiceError",
+    "build_run_configs",
+    "create_experiment",
+    "delete_experiment",
+    "request_cancel",
+]

@@ -1,0 +1,45 @@
+# The README's commands. Every target sets up what it needs on a fresh machine.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test test-fast worker lint format bench chaos clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+## make run: the dashboard on http://127.0.0.1:8000 with a worker, SQLite and an embedded Redis.
+run: $(STAMP)
+	$(PY) manage.py runstack
+
+## make test: the whole suite (unit, integration, end-to-end with a real worker and a browser).
+test: $(STAMP)
+	$(PY) -m pytest
+
+## make test-fast: everything but the slow and end-to-end tests.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow and not e2e"
+
+## make worker: one more Celery worker against CELERY_BROKER_URL.
+worker: $(STAMP)
+	$(VENV)/bin/celery -A webapp worker -Q cpu,any --concurrency 1 --prefetch-multiplier 1 -O fair -l info
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) manage.py makemigrations --check --dry-run
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+## make bench: the training library against a plain per-task loop (prints figures).
+bench: $(STAMP)
+	$(PY) -m metatrain bench
+
+clean:
+	rm -rf $(VENV) var staticfiles .pytest_cache

@@ -34,6 +34,13 @@ def build_run_configs(config: dict, seeds: list[int]) -> list[Config]:
         raise ServiceError("Seeds must be distinct.", field="seeds")
     if "seed" in config:
         raise ServiceError("Give seeds in the seeds list, not in the config.", field="seed")
+    if config.get("data_dir"):
+        # A path typed by a user would let them read any folder on the workers' machines;
+        # data comes from METATRAIN_DATA or from an uploaded dataset instead.
+        raise ServiceError(
+            "data_dir cannot be set from the dashboard; use the installed data or upload a dataset.",
+            field="data_dir",
+        )
     return [Config.from_dict({**config, "seed": seed}) for seed in seeds]
 
 

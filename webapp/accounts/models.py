@@ -65,3 +65,28 @@ class ApiToken(models.Model):
         if self.revoked_at is None:
             self.revoked_at = timezone.now()
             self.save(update_fields=["revoked_at"])
+
+
+class LoginAttempt(models.Model):
+    """One failed login, kept for the throttle (`webapp.accounts.throttling`).
+
+    A table rather than Django's cache: the cache is per process unless configured otherwise,
+    and gunicorn runs several workers, so a per-process counter would multiply the allowance by
+    the worker count. Only failures are stored; rows older than the throttle's horizon are
+    deleted as new failures arrive.
+    """
+
+    username = models.CharField(max_length=150, help_text="as typed, lower-cased")
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    attempted_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-attempted_at"]
+        indexes = [
+            models.Index(fields=["username", "attempted_at"], name="loginattempt_user_time"),
+            models.Index(fields=["ip", "attempted_at"], name="loginattempt_ip_time"),
+            models.Index(fields=["attempted_at"], name="loginattempt_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"failed login for {self.username!r} from {self.ip} at {self.attempted_at}"

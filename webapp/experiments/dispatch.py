@@ -50,7 +50,10 @@ def enqueue_on_commit(runs: Iterable[Run]) -> None:
 
     def _send() -> None:
         for run_id, run_queue in pending:
-            send_run(run_id, run_queue)
+            if not send_run(run_id, run_queue):
+                # The broker is down: the rest would each wait for the same timeout inside
+                # the user's request. The periodic dispatcher sends them once it is back.
+                break
 
     transaction.on_commit(_send)
 
@@ -65,7 +68,9 @@ def dispatch_pending_runs(resend_after: timedelta = timedelta(minutes=10)) -> in
         status=Run.Status.QUEUED, cancel_requested=False, dispatched_at__lt=cutoff
     )
     sent = 0
-    for run_id, run_queue in pending.values_list("pk", "queue"):
-        if send_run(run_id, run_queue):
-            sent += 1
+    # Oldest first, so the queue stays first come, first served after a resend.
+    for run_id, run_queue in pending.order_by("created_at", "pk").values_list("pk", "queue"):
+        if not send_run(run_id, run_queue):
+            break  # the broker is down: the next round tries again
+        sent += 1
     return sent

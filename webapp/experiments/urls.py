@@ -1,1 +1,24 @@
-urlpatterns: list = []
+"""Browser pages for experiments, runs, comparisons, the leaderboard and workers."""
+
+from django.urls import path
+
+from .views import compare, experiments, leaderboard, runs, workers
+
+urlpatterns = [
+    path("", runs.run_list, name="run-list"),
+    path("experiments/new/", experiments.experiment_new, name="experiment-new"),
+    path("experiments/<int:pk>/", experiments.experiment_detail, name="experiment-detail"),
+    path("experiments/<int:pk>/clone/", experiments.experiment_clone, name="experiment-clone"),
+    path("experiments/<int:pk>/delete/", experiments.experiment_delete, name="experiment-delete"),
+    path("runs/<int:pk>/", runs.run_detail, name="run-detail"),
+    path("runs/<int:pk>/cancel/", runs.run_cancel, name="run-cancel"),
+    path("runs/<int:pk>/metrics.json", runs.run_metrics, name="run-metrics"),
+    path(
+        "runs/<int:pk>/download/<str:artifact>",
+        runs.run_download,
+        name="run-download",
+    ),
+    path("compare/", compare.compare, name="compare"),
+    path("leaderboard/", leaderboard.leaderboard, name="leaderboard"),
+    path("workers/", workers.worker_list, name="worker-list"),
+]

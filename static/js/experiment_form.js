@@ -1,0 +1,43 @@
+/*
+ * The experiment form's preset select: choosing a preset copies its values (over the library's
+ * defaults) into every config field. Without this script the form still works: fields left
+ * empty take the chosen preset's value on the server.
+ */
+(function () {
+  "use strict";
+
+  var blob = document.getElementById("preset-data");
+  var namesBlob = document.getElementById("config-field-names");
+  var select = document.getElementById("id_preset");
+  if (!blob || !namesBlob || !select) return;
+  var data = JSON.parse(blob.textContent);
+  var fieldNames = JSON.parse(namesBlob.textContent);
+  var form = select.form;
+
+  function asFieldValue(value) {
+    if (value === null || value === undefined) return "";
+    if (typeof value === "boolean") return value ? "true" : "false";
+    return String(value);
+  }
+
+  function fill(presetName) {
+    var values = Object.assign({}, data.defaults, data.presets[presetName] || {});
+    fieldNames.forEach(function (name) {
+      var el = form.elements.namedItem(name);
+      if (!el || !(name in values)) return;
+      el.value = asFieldValue(values[name]);
+      if ("placeholder" in el && el.tagName === "INPUT") el.placeholder = el.value;
+    });
+  }
+
+  select.addEventListener("change", function () {
+    fill(select.value);
+  });
+
+  // A fresh form (every config field empty): show what the selected preset will use.
+  var allEmpty = fieldNames.every(function (name) {
+    var el = form.elements.namedItem(name);
+    return !el || el.value === "";
+  });
+  if (allEmpty) fill(select.value);
+})();

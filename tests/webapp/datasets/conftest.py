@@ -1,0 +1,48 @@
+"""Fixtures for the dataset tests: the hostile-archive generator as an importable module, and
+folders for uploads (MEDIA_ROOT) and extracted datasets (DATASETS_ROOT) private to each test.
+
+The suite runs with `--import-mode=importlib`, where test folders are not packages; the
+generator is registered under the name `hostile_archives` so test modules can import it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+if "hostile_archives" not in sys.modules:
+    _spec = importlib.util.spec_from_file_location(
+        "hostile_archives", Path(__file__).with_name("hostile_archives.py")
+    )
+    assert _spec is not None and _spec.loader is not None
+    _module = importlib.util.module_from_spec(_spec)
+    sys.modules["hostile_archives"] = _module
+    _spec.loader.exec_module(_module)
+
+
+@pytest.fixture
+def dataset_dirs(settings, tmp_path) -> tuple[Path, Path]:
+    """(MEDIA_ROOT, DATASETS_ROOT), both empty folders of this test."""
+    media = tmp_path / "media"
+    roots = tmp_path / "datasets"
+    media.mkdir()
+    settings.MEDIA_ROOT = media
+    settings.DATASETS_ROOT = roots
+    return media, roots
+
+
+@pytest.fixture
+def sent(monkeypatch) -> list[tuple[str, list, str]]:
+    """Messages the Celery app would publish: (task name, args, queue). Nothing reaches a broker."""
+    from webapp.celery import app
+
+    messages: list[tuple[str, list, str]] = []
+
+    def send_task(name, args=None, kwargs=None, queue=None, **options):
+        messages.append((name, list(args or []), queue))
+
+    monkeypatch.setattr(app, "send_task", send_task)
+    return messages

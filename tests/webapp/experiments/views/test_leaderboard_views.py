@@ -1,0 +1,90 @@
+"""The leaderboard page: one board per benchmark, the paper's rows, ties marked."""
+
+from __future__ import annotations
+
+from django.urls import reverse
+
+from webapp.experiments.models import Run
+
+URL = reverse("leaderboard")
+
+
+def finished(make_run, owner, name, acc, ci=0.01, **kw):
+    return make_run(owner, name=name, test_accuracy=acc, test_ci95=ci, test_tasks=1000, **kw)
+
+
+def board_section(body: str, key: str) -> str:
+    return body.split(f'id="{key}"')[1].split("</section>")[0]
+
+
+def test_the_leaderboard_needs_a_login(client):
+    response = client.get(URL)
+
+    assert response.status_code == 302
+    assert response["Location"].startswith(reverse("login"))
+
+
+def test_a_finished_run_is_ranked_on_its_benchmarks_board_beside_the_paper(
+    client, owner, stranger, make_run
+):
+    run = finished(make_run, owner, "my omniglot", 0.9612, ci=0.0031)
+    client.force_login(stranger)
+
+    body = client.get(URL).content.decode()
+
+    section = board_section(body, "omniglot-paper-5way-1shot-transductive")
+    assert "Omniglot (paper split), 5-way 1-shot, transductive" in section
+    assert run.get_absolute_url() in section
+    assert "96.12 %" in section and "± 0.31 %" in section
+    assert "Reptile paper" in section and "97.68 %" in section
+
+
+def test_runs_of_different_benchmarks_get_different_boards(client, owner, make_run):
+    five = finished(make_run, owner, "five-way", 0.95)
+    twenty = finished(make_run, owner, "twenty-way", 0.85, ways=20)
+    client.force_login(owner)
+
+    body = client.get(URL).content.decode()
+
+    five_board = board_section(body, "omniglot-paper-5way-1shot-transductive")
+    twenty_board = board_section(body, "omniglot-paper-20way-1shot-transductive")
+    assert five.get_absolute_url() in five_board and twenty.get_absolute_url() not in five_board
+    assert twenty.get_absolute_url() in twenty_board
+
+
+def test_runs_tied_with_the_leader_are_marked(client, owner, make_run):
+    finished(make_run, owner, "leader", 0.80, ci=0.02, split="lake")
+    finished(make_run, owner, "close", 0.77, ci=0.015, split="lake")
+    finished(make_run, owner, "behind", 0.70, ci=0.01, split="lake")
+    client.force_login(owner)
+
+    section = board_section(
+        client.get(URL).content.decode(), "omniglot-lake-5way-1shot-transductive"
+    )
+
+    rows = section.split("<tr")[2:]  # skip the header row
+    assert ["leader" in r for r in rows] == [True, False, False]
+    assert ["badge-tie" in r for r in rows] == [False, True, False]
+
+
+def test_unfinished_failed_and_sine_runs_are_not_ranked(client, owner, make_run):
+    finished(make_run, owner, "failed one", 0.99, status=Run.Status.FAILED)
+    finished(make_run, owner, "running one", 0.99, status=Run.Status.RUNNING)
+    make_run(owner, name="sine one", dataset="sine", test_accuracy=None)
+    client.force_login(owner)
+
+    body = client.get(URL).content.decode()
+
+    for name in ("failed one", "running one", "sine one"):
+        assert name not in body
+
+
+def test_the_papers_benchmarks_show_even_before_anyone_runs_them(client, owner):
+    client.force_login(owner)
+
+    response = client.get(URL)
+
+    body = response.content.decode()
+    assert response.context["ranked_boards"] == []
+    assert "Mini-ImageNet, 5-way 5-shot, transductive" in body
+    assert "65.99 %" in body  # the paper's Mini-ImageNet 5-shot transductive number

@@ -1,0 +1,112 @@
+"""/api/experiments: create (one queued run per seed), list, read, delete."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from django.db import DataError
+from django.db.models import Prefetch
+from django.http import HttpRequest
+from ninja import Path, Query, Router, Status
+
+from metatrain import PRESETS
+from webapp.experiments import services
+from webapp.experiments.access import get_experiment_for_user
+from webapp.experiments.models import Experiment, Run
+
+from .auth import user_of
+from .schemas import (
+    INT32_MAX,
+    PAGE_LIMIT_MAX,
+    ExperimentIn,
+    ExperimentOut,
+    ExperimentPage,
+    FieldErrors,
+    MessageOut,
+    Text,
+    ValidationErrorOut,
+    experiment_data,
+)
+
+router = Router()
+
+ExperimentId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+
+
+def _with_runs(queryset):
+    return queryset.select_related("owner").prefetch_related(
+        Prefetch("runs", queryset=Run.objects.order_by("id"))
+    )
+
+
+@router.post(
+    "",
+    response={201: ExperimentOut, 422: ValidationErrorOut},
+    summary="Create an experiment: one queued run per seed",
+)
+def create_experiment(request: HttpRequest, payload: ExperimentIn):
+    """The config is the preset (if any) with `overrides` applied; it is validated in full
+    before anything is saved, and the runs are queued once the transaction commits."""
+    config: dict = {}
+    if payload.preset:
+        if payload.preset not in PRESETS:
+            known = ", ".join(PRESETS)
+            raise FieldErrors([("preset", f"Unknown preset {payload.preset!r}; known: {known}.")])
+        config = {k: v for k, v in PRESETS[payload.preset].items() if k != "seed"}
+    config.update(payload.overrides)
+    try:
+        experiment = services.create_experiment(
+            user_of(request),
+            name=payload.name,
+            description=payload.description,
+            preset=payload.preset,
+            config=config,
+            seeds=payload.seeds,
+            queue=payload.queue,
+        )
+    except DataError:  # a value the database refuses: a bug upstream, but never a 500
+        raise FieldErrors([(None, "A value is out of range for the database.")]) from None
+    experiment = _with_runs(Experiment.objects).get(pk=experiment.pk)
+    return Status(201, experiment_data(experiment, user_of(request)))
+
+
+@router.get("", response=ExperimentPage, summary="List experiments, newest first")
+def list_experiments(
+    request: HttpRequest,
+    owner: Annotated[Text | None, Query(max_length=150, description="username")] = None,
+    limit: Annotated[int, Query(ge=1, le=PAGE_LIMIT_MAX)] = 50,
+    offset: Annotated[int, Query(ge=0, le=INT32_MAX)] = 0,
+):
+    experiments = Experiment.objects.all()
+    if owner:
+        experiments = experiments.filter(owner__username=owner)
+    count = experiments.count()
+    page = _with_runs(experiments)[offset : offset + limit]
+    user = user_of(request)
+    return {
+        "count": count,
+        "limit": limit,
+        "offset": offset,
+        "items": [experiment_data(e, user) for e in page],
+    }
+
+
+@router.get("/{experiment_id}", response=ExperimentOut, summary="One experiment with its runs")
+def get_experiment(request: HttpRequest, experiment_id: ExperimentId):
+    experiment = get_experiment_for_user(user_of(request), experiment_id)
+    experiment = _with_runs(Experiment.objects).get(pk=experiment.pk)
+    return experiment_data(experiment, user_of(request))
+
+
+@router.delete(
+    "/{experiment_id}",
+    response={204: None, 409: MessageOut},
+    summary="Delete an experiment, its runs and files (owner or staff)",
+)
+def delete_experiment(request: HttpRequest, experiment_id: ExperimentId):
+    experiment = get_experiment_for_user(user_of(request), experiment_id, for_change=True)
+    try:
+        services.delete_experiment(experiment)
+    except services.ServiceError as exc:
+        return Status(409, {"detail": str(exc)})
+    return Status(204, None)

@@ -1,0 +1,168 @@
+"""Metric series for charts: bounded in size whatever the length of the run.
+
+A run of 100,000 meta-iterations has 100,000 points per metric; a chart needs a few hundred.
+So full series are bucketed on the server by step range (per bucket: min, max and the value at
+the bucket's last step; the series' first and last points always kept), in SQL, so the database
+returns at most `max_points` rows per metric. A live page first loads the bucketed series, then
+asks only for the raw points after the last step it has (`after_step`) and appends them.
+
+Non-finite values (a diverged loss) come back as None: JSON has no NaN.
+"""
+
+from __future__ import annotations
+
+import math
+
+from django.db import connection
+from django.db.models import Count, F, IntegerField, Max, Min
+from django.db.models.expressions import ExpressionWrapper
+
+from .models import MetricPoint, Run
+
+DEFAULT_MAX_POINTS = 1500
+MIN_MAX_POINTS = 2  # the first and the last point
+
+
+def metric_names(run: Run) -> list[str]:
+    """Names of the run's metric series, sorted.
+
+    A plain DISTINCT reads every point of the run (hundreds of thousands on a long run, on each
+    poll of a live page); this recursive query jumps from one name to the next on the
+    (run, name, step) index instead: one index probe per name. SQLite and PostgreSQL both run it.
+    """
+    table = MetricPoint._meta.db_table
+    sql = f"""
+        WITH RECURSIVE names(name) AS (
+            SELECT MIN(name) FROM {table} WHERE run_id = %s
+            UNION ALL
+            SELECT (SELECT MIN(name) FROM {table} WHERE run_id = %s AND name > names.name)
+            FROM names WHERE names.name IS NOT NULL
+        )
+        SELECT name FROM names WHERE name IS NOT NULL
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [run.pk, run.pk])
+        return [row[0] for row in cursor.fetchall()]
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _empty() -> dict:
+    return {
+        "steps": [],
+        "values": [],
+        "min": [],
+        "max": [],
+        "last_step": None,
+        "downsampled": False,
+    }
+
+
+def _raw(points: list[tuple[int, float]], *, downsampled: bool = False) -> dict:
+    values = [_finite(v) for _, v in points]
+    return {
+        "steps": [s for s, _ in points],
+        "values": values,
+        "min": list(values),
+        "max": list(values),
+        "last_step": points[-1][0] if points else None,
+        "downsampled": downsampled,
+    }
+
+
+def _bucketed(run: Run, name: str, first: int, last: int, max_points: int) -> dict:
+    """Bucket one series into at most `max_points` points with two bounded queries.
+
+    Buckets are equal step ranges of width `ceil(span / buckets)`, numbered from the first step.
+    One GROUP BY returns per bucket its min, max and last step; a second query fetches the values
+    at those last steps (and at the first step, kept as a point of its own).
+    """
+    buckets = max_points - 1  # one point is reserved for the first step
+    width = max(1, math.ceil((last - first + 1) / buckets))
+    points = MetricPoint.objects.filter(run=run, name=name)
+    grouped = (
+        points.annotate(
+            bucket=ExpressionWrapper((F("step") - first) / width, output_field=IntegerField())
+        )
+        .order_by()
+        .values("bucket")
+        .annotate(lo=Min("value"), hi=Max("value"), last_step=Max("step"))
+        .order_by("bucket")
+    )
+    rows = list(grouped.values_list("last_step", "lo", "hi"))
+    wanted = {first} | {last_step for last_step, _, _ in rows}
+    value_at = dict(points.filter(step__in=wanted).values_list("step", "value"))
+
+    result = _empty()
+    result["downsampled"] = True
+    if rows and rows[0][0] != first:
+        # The first bucket reports its last step; the very first point is kept on its own.
+        v = _finite(value_at[first])
+        result["steps"].append(first)
+        result["values"].append(v)
+        result["min"].append(v)
+        result["max"].append(v)
+    for last_step, lo, hi in rows:
+        result["steps"].append(last_step)
+        result["values"].append(_finite(value_at[last_step]))
+        result["min"].append(_finite(lo))
+        result["max"].append(_finite(hi))
+    result["last_step"] = rows[-1][0] if rows else None
+    return result
+
+
+def series(
+    run: Run,
+    names: list[str] | None = None,
+    after_step: int | None = None,
+    max_points: int = DEFAULT_MAX_POINTS,
+) -> dict[str, dict]:
+    """Per metric name: `{"steps", "values", "min", "max", "last_step", "downsampled"}`.
+
+    Without `after_step`: the whole series, bucketed by step range when it has more than
+    `max_points` points (then `values` is the value at each bucket's last step, `min`/`max` the
+    bucket's extremes; the first and last points are always present). With `after_step`: only
+    raw points with step > after_step, at most `max_points` of them, oldest first; `last_step` is
+    the last step returned (None when there is nothing new), so a client can ask again from it.
+
+    `names` None means every series of the run; an unknown name gives an empty series.
+    """
+    if max_points < MIN_MAX_POINTS:
+        raise ValueError(f"max_points must be at least {MIN_MAX_POINTS}")
+    if names is None:
+        names = metric_names(run)
+    if not names:
+        return {}
+    points = MetricPoint.objects.filter(run=run)
+
+    if after_step is not None:
+        out = {}
+        for name in names:
+            tail = list(
+                points.filter(name=name, step__gt=after_step)
+                .order_by("step")
+                .values_list("step", "value")[:max_points]
+            )
+            out[name] = _raw(tail)
+        return out
+
+    stats = {
+        row["name"]: row
+        for row in points.filter(name__in=names)
+        .order_by()
+        .values("name")
+        .annotate(n=Count("id"), first=Min("step"), last=Max("step"))
+    }
+    out = {}
+    for name in names:
+        info = stats.get(name)
+        if info is None:
+            out[name] = _empty()
+        elif info["n"] <= max_points:
+            raw = points.filter(name=name).order_by("step").values_list("step", "value")
+            out[name] = _raw(list(raw))
+        else:
+            out[name] = _bucketed(run, name, info["first"], info["last"], max_points)
+    return out

@@ -1,0 +1,93 @@
+"""Compare runs: their curves overlaid, and their configs side by side with differences marked."""
+
+from __future__ import annotations
+
+import json
+
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+
+from .. import metrics_series
+from ..access import get_run_for_user
+from ..forms import config_fields
+from ..models import Run
+
+MAX_COMPARED = 8
+# Fewer points per curve than the run page: several runs share one chart.
+COMPARE_MAX_POINTS = 600
+CANDIDATES = 50
+
+
+def selected_ids(request: HttpRequest) -> list[int]:
+    """Run ids from `?runs=1&runs=2` or `?runs=1,2`, in order, without duplicates or junk."""
+    ids: list[int] = []
+    for raw in request.GET.getlist("runs"):
+        for part in raw.split(","):
+            part = part.strip()
+            if part.isdigit() and int(part) not in ids:
+                ids.append(int(part))
+    return ids[:MAX_COMPARED]
+
+
+def config_diff(runs: list[Run]) -> list[dict]:
+    """One row per config key (seed first, then the form's order): the runs' values and
+    whether they differ. JSON text is compared so 1 and 1.0 count as the same."""
+    keys: list[str] = []
+    for run in runs:
+        for key in run.config:
+            if key not in keys:
+                keys.append(key)
+    order = {name: i for i, name in enumerate(["seed", *config_fields()])}
+    keys.sort(key=lambda k: (order.get(k, len(order)), k))
+    missing = object()
+    rows = []
+    for key in keys:
+        values = [run.config.get(key, missing) for run in runs]
+        canonical = {
+            "<absent>" if v is missing else json.dumps(float(v) if _is_number(v) else v)
+            for v in values
+        }
+        rows.append(
+            {
+                "key": key,
+                "values": ["—" if v is missing else v for v in values],
+                "differs": len(canonical) > 1,
+            }
+        )
+    return rows
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@login_required
+def compare(request: HttpRequest) -> HttpResponse:
+    runs = [get_run_for_user(request.user, pk) for pk in selected_ids(request)]
+    q = request.GET.get("q", "").strip()
+    candidates = Run.objects.select_related("experiment__owner").order_by("-created_at", "-id")
+    if q:
+        candidates = candidates.filter(experiment__name__icontains=q)
+    chart_data = [
+        {
+            "id": run.pk,
+            "label": f"#{run.pk} {run.experiment.name} (seed {run.seed})",
+            "url": run.get_absolute_url(),
+            "series": metrics_series.series(run, max_points=COMPARE_MAX_POINTS),
+        }
+        for run in runs
+    ]
+    diff = config_diff(runs) if runs else []
+    context = {
+        "runs": runs,
+        "candidates": candidates[:CANDIDATES],
+        "selected": {run.pk for run in runs},
+        "q": q,
+        "chart_data": chart_data,
+        "diff_rows": diff,
+        "differing": sum(1 for row in diff if row["differs"]),
+        "only_diff": request.GET.get("only_diff") == "1",
+        "max_compared": MAX_COMPARED,
+    }
+    return render(request, "experiments/compare.html", context)

@@ -1,0 +1,126 @@
+"""Define experiments (new, or cloned from another), show one, delete one."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from .. import services
+from ..access import can_change, get_experiment_for_user
+from ..forms import ExperimentForm, config_fields, presets_for_script
+from ..models import Experiment, Run
+
+# What the "new experiment" page starts from: the paper's headline benchmark.
+DEFAULT_PRESET = "omniglot-5way-1shot"
+
+
+def _save(request: HttpRequest, form: ExperimentForm, cloned_from: Experiment | None):
+    """Create the experiment from a valid form; None (with the error on the form) if the
+    service still refuses it."""
+    data = form.cleaned_data
+    try:
+        return services.create_experiment(
+            request.user,
+            name=data["name"],
+            description=data["description"],
+            preset=data["preset"] or "",
+            config=form.config,
+            seeds=form.seeds_list,
+            queue=data["queue"],
+            cloned_from=cloned_from,
+        )
+    except services.ConfigError as err:
+        form.add_error(err.field if err.field in form.fields else None, err.message)
+    except services.ServiceError as err:
+        form.add_error(err.field if err.field in form.fields else None, str(err))
+    return None
+
+
+def _after_create(request: HttpRequest, experiment: Experiment) -> HttpResponse:
+    runs = list(experiment.runs.order_by("seed"))
+    messages.success(
+        request, f"Experiment saved; {len(runs)} run{'s' if len(runs) != 1 else ''} queued."
+    )
+    # One seed: straight to its live page. Several: the experiment lists them.
+    return redirect(runs[0] if len(runs) == 1 else experiment)
+
+
+def _form_page(request, form, *, cloned_from=None) -> HttpResponse:
+    context = {
+        "form": form,
+        "cloned_from": cloned_from,
+        "preset_data": presets_for_script(),
+        "config_field_names": config_fields(),
+    }
+    return render(request, "experiments/experiment_form.html", context)
+
+
+@login_required
+def experiment_new(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST":
+        form = ExperimentForm(request.POST)
+        if form.is_valid():
+            experiment = _save(request, form, cloned_from=None)
+            if experiment is not None:
+                return _after_create(request, experiment)
+        return _form_page(request, form)
+    return _form_page(request, ExperimentForm(initial={"preset": DEFAULT_PRESET}))
+
+
+@login_required
+def experiment_clone(request: HttpRequest, pk: int) -> HttpResponse:
+    """A form pre-filled with another experiment's settings; saving makes a new experiment
+    (anyone may clone what they can see: the copy is theirs)."""
+    source = get_experiment_for_user(request.user, pk)
+    if request.method == "POST":
+        form = ExperimentForm(request.POST)
+        if form.is_valid():
+            experiment = _save(request, form, cloned_from=source)
+            if experiment is not None:
+                return _after_create(request, experiment)
+        return _form_page(request, form, cloned_from=source)
+    form = ExperimentForm(initial=ExperimentForm.initial_from_experiment(source))
+    return _form_page(request, form, cloned_from=source)
+
+
+@login_required
+def experiment_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    experiment = get_experiment_for_user(request.user, pk)
+    runs = list(experiment.runs.order_by("seed"))
+    scores = [
+        r.test_accuracy
+        for r in runs
+        if r.status == Run.Status.SUCCEEDED and r.test_accuracy is not None
+    ]
+    context = {
+        "experiment": experiment,
+        "runs": runs,
+        "can_change": can_change(request.user, experiment),
+        "mean_accuracy": sum(scores) / len(scores) if scores else None,
+        "scored_runs": len(scores),
+        "has_running": any(r.status == Run.Status.RUNNING for r in runs),
+        "config_rows": sorted(experiment.config.items(), key=lambda kv: _field_order(kv[0])),
+    }
+    return render(request, "experiments/experiment_detail.html", context)
+
+
+def _field_order(name: str) -> tuple[int, str]:
+    names = config_fields()
+    return (names.index(name), name) if name in names else (len(names), name)
+
+
+@login_required
+@require_POST
+def experiment_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    experiment = get_experiment_for_user(request.user, pk, for_change=True)
+    name = experiment.name
+    try:
+        services.delete_experiment(experiment)
+    except services.ServiceError as err:
+        messages.error(request, str(err))
+        return redirect(experiment)
+    messages.success(request, f"Deleted experiment {name!r} with its runs and files.")
+    return redirect("run-list")

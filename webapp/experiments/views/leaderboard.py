@@ -1,0 +1,23 @@
+"""The leaderboard: one board per benchmark, the paper's number as a reference row on each."""
+
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+
+from .. import leaderboard as boards_module
+
+
+@login_required
+def leaderboard(request: HttpRequest) -> HttpResponse:
+    """Every benchmark somebody ran, plus the paper's benchmarks nobody has run yet (they show
+    only the reference row, so a researcher sees what there is to reproduce)."""
+    boards = boards_module.boards(include_reference_only=True)
+    context = {
+        "boards": boards,
+        "ranked_boards": [b for b in boards if b.runs_count],
+        "empty_boards": [b for b in boards if not b.runs_count],
+        "paper": boards_module.PAPER,
+    }
+    return render(request, "experiments/leaderboard.html", context)

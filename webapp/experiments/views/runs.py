@@ -1,0 +1,257 @@
+"""The runs table, one run's live page, its metrics feed for the charts, cancel and downloads."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.db.models import F, Q
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
+
+from .. import exports, metrics_series, services
+from ..access import can_change, get_run_for_user
+from ..forms import config_fields
+from ..models import Run
+
+RUNS_PER_PAGE = 25
+POLL_MS = 3000  # how often a live run page asks for new points
+
+SORTS = {
+    "newest": ("Newest first", ["-created_at", "-id"]),
+    "oldest": ("Oldest first", ["created_at", "id"]),
+    "accuracy": ("Best test accuracy", [F("test_accuracy").desc(nulls_last=True), "-id"]),
+    "name": ("Experiment name", ["experiment__name", "seed", "-id"]),
+    "status": ("Status", ["status", "-created_at"]),
+}
+
+ARTIFACTS = {
+    "initialization.safetensors": "initialization",
+    "config.json": "config_file",
+}
+
+# How a user loads a trained initialization without this project (torch + safetensors only).
+LOAD_SNIPPET = """\
+import json
+from safetensors.torch import load_file
+
+weights = load_file("initialization.safetensors")  # {name: torch.Tensor}, no pickle
+meta = json.load(open("config.json"))  # {"config", "architecture", "preprocessing", ...}
+print(meta["architecture"]["description"])
+print({name: tuple(t.shape) for name, t in weights.items()})
+# model.load_state_dict(weights)  # a torch.nn.Module built as meta["architecture"] says
+"""
+
+
+def is_unresponsive(run: Run, now=None) -> bool:
+    """A running run whose worker has not written a heartbeat for 3 heartbeat periods.
+
+    It may still recover; after RUN_LOST_AFTER_SECONDS the worker side marks it lost."""
+    if run.status != Run.Status.RUNNING:
+        return False
+    last = run.heartbeat_at or run.started_at
+    if last is None:
+        return False
+    now = now or timezone.now()
+    return now - last > timedelta(seconds=3 * settings.RUN_HEARTBEAT_SECONDS)
+
+
+def eta_seconds(run: Run) -> float | None:
+    """Remaining training time from the measured seconds per meta-iteration (None if unknown)."""
+    if run.status != Run.Status.RUNNING or not run.seconds_per_iteration:
+        return None
+    remaining = max(0, run.total_iterations - run.iteration)
+    return remaining * run.seconds_per_iteration
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes:02d} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h"
+
+
+def run_state(run: Run) -> dict:
+    """What the live page shows about a run's progress, for the template and the JSON feed."""
+    eta = eta_seconds(run)
+    return {
+        "id": run.pk,
+        "status": run.status,
+        "status_display": run.get_status_display(),
+        "status_reason": run.status_reason,
+        "attempts": run.attempts,
+        "is_final": run.status in Run.FINAL_STATUSES,
+        "cancel_requested": run.cancel_requested,
+        "iteration": run.iteration,
+        "total_iterations": run.total_iterations,
+        "progress_percent": round(100 * run.progress, 1),
+        "seconds_per_iteration": run.seconds_per_iteration,
+        "eta_seconds": eta,
+        "eta_display": format_duration(eta),
+        "unresponsive": is_unresponsive(run),
+        "heartbeat_at": run.heartbeat_at.isoformat() if run.heartbeat_at else None,
+        "worker": run.worker,
+        "device": run.device,
+        "test_accuracy": run.test_accuracy,
+        "test_ci95": run.test_ci95,
+    }
+
+
+def _filtered_runs(request: HttpRequest):
+    """The runs table's queryset from the query string, and the filters it applied."""
+    params = request.GET
+    runs = Run.objects.select_related("experiment__owner")
+    filters = {
+        "status": params.get("status", ""),
+        "dataset": params.get("dataset", ""),
+        "algorithm": params.get("algorithm", ""),
+        "owner": params.get("owner", ""),
+        "q": params.get("q", "").strip(),
+        "sort": params.get("sort", "newest") if params.get("sort") in SORTS else "newest",
+    }
+    if filters["status"] in Run.Status.values:
+        runs = runs.filter(status=filters["status"])
+    if filters["dataset"]:
+        runs = runs.filter(dataset=filters["dataset"])
+    if filters["algorithm"]:
+        runs = runs.filter(algorithm=filters["algorithm"])
+    if filters["owner"] == "me":
+        runs = runs.filter(experiment__owner=request.user)
+    elif filters["owner"]:
+        runs = runs.filter(experiment__owner__username=filters["owner"])
+    if filters["q"]:
+        runs = runs.filter(
+            Q(experiment__name__icontains=filters["q"])
+            | Q(experiment__description__icontains=filters["q"])
+        )
+    return runs.order_by(*SORTS[filters["sort"]][1]), filters
+
+
+@login_required
+def run_list(request: HttpRequest) -> HttpResponse:
+    runs, filters = _filtered_runs(request)
+    page = Paginator(runs, RUNS_PER_PAGE).get_page(request.GET.get("page"))
+    owners = (
+        get_user_model()
+        .objects.filter(experiments__isnull=False)
+        .distinct()
+        .order_by("username")
+        .values_list("username", flat=True)
+    )
+    context = {
+        "page_obj": page,
+        "runs": page.object_list,
+        "filters": filters,
+        "statuses": Run.Status.choices,
+        "datasets": sorted(set(Run.objects.values_list("dataset", flat=True).distinct())),
+        "algorithms": sorted(set(Run.objects.values_list("algorithm", flat=True).distinct())),
+        "owners": list(owners),
+        "sorts": [(key, label) for key, (label, _) in SORTS.items()],
+        "filtered": any(filters[k] for k in ("status", "dataset", "algorithm", "owner", "q")),
+    }
+    return render(request, "experiments/run_list.html", context)
+
+
+def _config_rows(config: dict) -> list[tuple[str, object]]:
+    order = {name: i for i, name in enumerate(["seed", *config_fields()])}
+    return sorted(config.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))
+
+
+@login_required
+def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    run = get_run_for_user(request.user, pk)
+    context = {
+        "run": run,
+        "experiment": run.experiment,
+        "state": run_state(run),
+        "can_change": can_change(request.user, run),
+        "config_rows": _config_rows(run.config),
+        "attempts": run.attempt_log.all(),
+        "evaluations": run.evaluations.all(),
+        "artifacts_ready": _artifacts_ready(run),
+        "load_snippet": LOAD_SNIPPET,
+        "poll_ms": POLL_MS,
+    }
+    return render(request, "experiments/run_detail.html", context)
+
+
+def _parse_int(raw: str | None) -> int | None:
+    if raw is None or raw == "":
+        return None
+    return int(raw)
+
+
+@login_required
+@require_GET
+def run_metrics(request: HttpRequest, pk: int) -> JsonResponse:
+    """The charts' feed: the run's state and its metric series, whole (bucketed) or only the
+    points after `after_step`. The state is read first, so once it says the run is finished the
+    series already hold every point the run wrote."""
+    run = get_run_for_user(request.user, pk)
+    try:
+        after_step = _parse_int(request.GET.get("after_step"))
+    except ValueError:
+        return JsonResponse({"error": "after_step must be an integer"}, status=400)
+    names_param = request.GET.get("names", "")
+    names = [n for n in names_param.split(",") if n] or None
+    state = run_state(run)
+    data = metrics_series.series(run, names=names, after_step=after_step)
+    return JsonResponse({"run": state, "series": data})
+
+
+@login_required
+@require_POST
+def run_cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    run = get_run_for_user(request.user, pk, for_change=True)
+    if run.status in Run.FINAL_STATUSES:
+        messages.info(request, f"Run #{run.pk} has already finished ({run.get_status_display()}).")
+        return redirect(run)
+    run = services.request_cancel(run)
+    if run.status == Run.Status.CANCELLED:
+        messages.success(request, f"Run #{run.pk} cancelled.")
+    else:
+        messages.success(
+            request, f"Asked run #{run.pk} to stop; it checkpoints and stops within an iteration."
+        )
+    return redirect(run)
+
+
+def _artifacts_ready(run: Run) -> bool:
+    return run.status == Run.Status.SUCCEEDED and bool(run.initialization)
+
+
+@login_required
+@require_GET
+def run_download(request: HttpRequest, pk: int, artifact: str) -> HttpResponse:
+    """A run's trained initialization or its config.json (only once it succeeded), or its
+    metric points as CSV (any time: a partial run's curves are still worth having)."""
+    run = get_run_for_user(request.user, pk)
+    if artifact == "metrics.csv":
+        return exports.metrics_csv_response(run)
+    field_name = ARTIFACTS.get(artifact)
+    if field_name is None:
+        raise Http404("No such download.")
+    stored = getattr(run, field_name)
+    if run.status != Run.Status.SUCCEEDED or not stored:
+        raise Http404("This run has no such file yet: downloads appear when it succeeds.")
+    try:
+        handle = stored.open("rb")
+    except FileNotFoundError:
+        raise Http404("The file is missing from storage.") from None
+    content_type = "application/json" if artifact == "config.json" else "application/octet-stream"
+    return FileResponse(handle, as_attachment=True, filename=artifact, content_type=content_type)

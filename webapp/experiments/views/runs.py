@@ -37,16 +37,8 @@ ARTIFACTS = {
 }
 
 # How a user loads a trained initialization without this project (torch + safetensors only).
-LOAD_SNIPPET = """\
-import json
-from safetensors.torch import load_file
-
-weights = load_file("initialization.safetensors")  # {name: torch.Tensor}, no pickle
-meta = json.load(open("config.json"))  # {"config", "architecture", "preprocessing", ...}
-print(meta["architecture"]["description"])
-print({name: tuple(t.shape) for name, t in weights.items()})
-# model.load_state_dict(weights)  # a torch.nn.Module built as meta["architecture"] says
-"""
+# The same standalone loader the README shows, kept in one file and tested against metatrain.
+LOAD_SNIPPET = (settings.BASE_DIR / "docs" / "load_initialization.py").read_text()
 
 
 def is_unresponsive(run: Run, now=None) -> bool:

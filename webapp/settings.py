@@ -86,7 +86,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    # NUL characters in the URL or query string: 400 before a view passes them to PostgreSQL.
+    # NUL in a page's URL or query string: 400 before a view passes it to PostgreSQL (the API
+    # refuses NUL in its own schemas).
     "webapp.middleware.RejectNulCharactersMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

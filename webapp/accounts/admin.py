@@ -6,6 +6,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.utils import timezone
 
+from .forms import ThrottledAdminAuthenticationForm
 from .models import ApiToken, LoginAttempt
 
 
@@ -40,3 +41,7 @@ class LoginAttemptAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+
+# /admin/login/ checks passwords too: it gets the same throttle as the site's login page.
+admin.site.login_form = ThrottledAdminAuthenticationForm

@@ -1,19 +1,24 @@
-"""The login form with the failed-login throttle (`throttling`) in front of the password check."""
+"""Login forms with the failed-login throttle (`throttling`) in front of the password check:
+the site's login page and the admin's."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from django import forms
+from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth.forms import AuthenticationForm
 from django.core.exceptions import NON_FIELD_ERRORS
 
 from . import throttling
 
 
-class ThrottledAuthenticationForm(AuthenticationForm):
-    """Django's login form, refusing (without checking the password) while the username or the
-    caller's address is locked out, and counting each failed password."""
+class ThrottleMixin:
+    """Refuse (without checking the password) while the username or the caller's address is
+    locked out; count each failed login; clear the username's count on success."""
+
+    cleaned_data: dict[str, Any]
+    request: Any
 
     def clean(self) -> dict[str, Any]:
         username = self.cleaned_data.get("username")
@@ -35,3 +40,12 @@ class ThrottledAuthenticationForm(AuthenticationForm):
     @property
     def is_throttled(self) -> bool:
         return self.has_error(NON_FIELD_ERRORS, "throttled")
+
+
+class ThrottledAuthenticationForm(ThrottleMixin, AuthenticationForm):
+    """The site's login form (`views.LoginView`)."""
+
+
+class ThrottledAdminAuthenticationForm(ThrottleMixin, AdminAuthenticationForm):
+    """The admin's login form (set on the admin site in `admin.py`): the same throttle, or
+    /admin/login/ would be a way around it."""

@@ -8,12 +8,20 @@ from __future__ import annotations
 
 from django.db import transaction
 from django.utils import timezone
+
 from metatrain import Config, ConfigError
 
 from .dispatch import enqueue_on_commit
 from .models import Experiment, Queue, Run
 
 MAX_SEEDS = 20
+# Run.seed, ways, shots and the counters a worker derives from the config (iterations, tasks)
+# are 32-bit integer columns: PostgreSQL refuses a larger value with an error, SQLite above
+# 64 bits. Every integer of a config is held to this range before anything is written.
+DB_INT_MAX = 2**31 - 1
+MAX_NAME = 200
+MAX_DESCRIPTION = 5000
+MAX_PRESET = 64
 
 
 class ServiceError(ValueError):
@@ -32,6 +40,8 @@ def build_run_configs(config: dict, seeds: list[int]) -> list[Config]:
         raise ServiceError(f"At most {MAX_SEEDS} seeds per experiment.", field="seeds")
     if len(set(seeds)) != len(seeds):
         raise ServiceError("Seeds must be distinct.", field="seeds")
+    if any(not _is_int(seed) or not 0 <= seed <= DB_INT_MAX for seed in seeds):
+        raise ServiceError(f"Seeds must be whole numbers from 0 to {DB_INT_MAX:,}.", field="seeds")
     if "seed" in config:
         raise ServiceError("Give seeds in the seeds list, not in the config.", field="seed")
     if config.get("data_dir"):
@@ -41,7 +51,28 @@ def build_run_configs(config: dict, seeds: list[int]) -> list[Config]:
             "data_dir cannot be set from the dashboard; use the installed data or upload a dataset.",
             field="data_dir",
         )
+    for key, value in config.items():
+        if _is_int(value) and abs(value) > DB_INT_MAX:
+            raise ServiceError(f"Too large: {key} must lie within ±{DB_INT_MAX:,}.", field=key)
+        if isinstance(value, str) and "\x00" in value:
+            raise ServiceError("NUL characters are not allowed.", field=key)
     return [Config.from_dict({**config, "seed": seed}) for seed in seeds]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_text(value: str, field: str, max_length: int, *, required: bool = False) -> None:
+    """Text the database would refuse (PostgreSQL: NUL, or over a column's length)."""
+    if not isinstance(value, str):
+        raise ServiceError("Must be text.", field=field)
+    if required and not value.strip():
+        raise ServiceError("This field is required.", field=field)
+    if len(value) > max_length:
+        raise ServiceError(f"At most {max_length} characters.", field=field)
+    if "\x00" in value:
+        raise ServiceError("NUL characters are not allowed.", field=field)
 
 
 @transaction.atomic
@@ -59,6 +90,9 @@ def create_experiment(
     """Validate, save the experiment and one queued run per seed, enqueue after commit."""
     if queue not in Queue.values:
         raise ServiceError(f"Unknown queue {queue!r}; choose one of {Queue.values}.", "queue")
+    _check_text(name, "name", MAX_NAME, required=True)
+    _check_text(description, "description", MAX_DESCRIPTION)
+    _check_text(preset, "preset", MAX_PRESET)
     run_configs = build_run_configs(config, seeds)
     stored_config = {k: v for k, v in run_configs[0].to_dict().items() if k != "seed"}
     experiment = Experiment.objects.create(

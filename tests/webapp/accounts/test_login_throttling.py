@@ -204,3 +204,29 @@ class TestClientIp:
         request = rf.get("/", REMOTE_ADDR="not-an-ip")
 
         assert throttling.client_ip(request) is None
+
+
+def test_the_admin_login_is_throttled_too(make_user):
+    boss = make_user("boss", is_staff=True, is_superuser=True)
+    boss.set_password("right-password")
+    boss.save()
+    client = Client(REMOTE_ADDR="203.0.113.9")
+    for _ in range(5):
+        client.post("/admin/login/", {"username": "boss", "password": "wrong"})
+
+    response = client.post("/admin/login/", {"username": "boss", "password": "right-password"})
+
+    assert response.status_code == 200
+    assert LOCKED in response.content.decode()
+    assert "_auth_user_id" not in client.session
+
+
+def test_failures_on_either_login_page_count_together(ada):
+    client = Client(REMOTE_ADDR="203.0.113.9")
+    for _ in range(3):
+        client.post("/admin/login/", {"username": "ada", "password": "wrong"})
+    fail("ada", 2)
+
+    _, response = login("ada", "right-password")
+
+    assert response.status_code == 429

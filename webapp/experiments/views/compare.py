@@ -25,7 +25,8 @@ def selected_ids(request: HttpRequest) -> list[int]:
     for raw in request.GET.getlist("runs"):
         for part in raw.split(","):
             part = part.strip()
-            if part.isdigit() and int(part) not in ids:
+            # isdigit() alone also accepts what int() refuses ('²', 5,000 digits): a 500.
+            if part.isascii() and part.isdigit() and len(part) <= 19 and int(part) not in ids:
                 ids.append(int(part))
     return ids[:MAX_COMPARED]
 

@@ -1,0 +1,122 @@
+"""Production settings: `check --deploy` is clean with a real configuration, and the site
+refuses to start with DEBUG off and a missing or weak SECRET_KEY or no ALLOWED_HOSTS.
+
+Each case runs `python manage.py ...` in a subprocess with its own environment, because settings
+are read once, at import.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+# Variables a developer's shell might hold that would change the outcome.
+CLEARED = (
+    "DEBUG",
+    "SECRET_KEY",
+    "ALLOWED_HOSTS",
+    "ALLOW_SIGNUP",
+    "CSRF_TRUSTED_ORIGINS",
+    "SECURE_SSL_REDIRECT",
+    "SECURE_HSTS_SECONDS",
+    "DJANGO_SETTINGS_MODULE",
+)
+GOOD_KEY = secrets.token_urlsafe(50)
+
+
+def manage(*args: str, **env: str) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if k not in CLEARED}
+    environment.update(env)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def production(**overrides: str) -> dict[str, str]:
+    return {"DEBUG": "false", "SECRET_KEY": GOOD_KEY, "ALLOWED_HOSTS": "example.org", **overrides}
+
+
+@pytest.mark.slow  # imports the whole project (torch included): about 3 s
+def test_a_production_configuration_passes_the_deploy_check_without_warnings():
+    result = manage("check", "--deploy", "--fail-level", "WARNING", **production())
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "System check identified no issues (0 silenced)." in result.stdout
+    assert "WARNINGS" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("key", "why"),
+    [
+        ("", "missing"),
+        ("django-insecure-development-only-key", "the development key"),
+        ("django-insecure-" + "x" * 50, "Django's generated development prefix"),
+        (secrets.token_urlsafe(50)[:49], "49 characters"),
+        ("ab" * 40, "two distinct characters"),
+    ],
+)
+def test_it_refuses_to_start_in_production_with_a_weak_secret_key(key, why):
+    result = manage("check", "--deploy", **production(SECRET_KEY=key))
+
+    assert result.returncode == 1, why
+    assert "ImproperlyConfigured: SECRET_KEY must be set" in result.stderr, why
+
+
+def test_it_refuses_to_start_in_production_without_allowed_hosts():
+    env = production()
+    del env["ALLOWED_HOSTS"]
+
+    result = manage("check", "--deploy", **env)
+
+    assert result.returncode == 1
+    assert "ImproperlyConfigured: ALLOWED_HOSTS must be set when DEBUG is off" in result.stderr
+
+
+def test_it_refuses_a_debug_value_that_is_not_a_boolean():
+    result = manage("check", **production(DEBUG="maybe"))
+
+    assert result.returncode == 1
+    assert "DEBUG='maybe' is not a boolean" in result.stderr
+
+
+def python(code: str, **env: str) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if k not in CLEARED}
+    environment.update(env)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_wsgi_application_refuses_a_weak_secret_key_too():
+    """The refusal comes from settings, not from a check, so gunicorn (which runs no checks)
+    refuses too."""
+    result = python("import webapp.wsgi", **production(SECRET_KEY="short"))
+
+    assert result.returncode == 1
+    assert "SECRET_KEY must be set" in result.stderr
+
+
+@pytest.mark.parametrize(("raw", "expected"), [(None, "True"), ("false", "False"), ("0", "False")])
+def test_allow_signup_is_read_from_the_environment(raw, expected):
+    env = {} if raw is None else {"ALLOW_SIGNUP": raw}
+
+    result = python("import webapp.settings as s; print(s.ALLOW_SIGNUP)", **env)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == expected

@@ -2,6 +2,10 @@
  * The experiment form's preset select: choosing a preset copies its values (over the library's
  * defaults) into every config field. Without this script the form still works: fields left
  * empty take the chosen preset's value on the server.
+ *
+ * The uploaded-dataset select is shown only while the dataset (chosen, or the preset's) is
+ * imagefolder; hidden, it is also disabled, so it is not sent. Without this script it is
+ * always shown, and the server refuses an upload with another dataset.
  */
 (function () {
   "use strict";
@@ -20,6 +24,18 @@
     return String(value);
   }
 
+  var datasetEl = form.elements.namedItem("dataset");
+  var uploadEl = form.elements.namedItem("user_dataset");
+
+  function syncUpload() {
+    if (!datasetEl || !uploadEl) return;
+    var values = Object.assign({}, data.defaults, data.presets[select.value] || {});
+    var on = (datasetEl.value || values.dataset) === "imagefolder";
+    var wrap = uploadEl.closest(".field");
+    if (wrap) wrap.hidden = !on;
+    uploadEl.disabled = !on;
+  }
+
   function fill(presetName) {
     var values = Object.assign({}, data.defaults, data.presets[presetName] || {});
     fieldNames.forEach(function (name) {
@@ -28,6 +44,7 @@
       el.value = asFieldValue(values[name]);
       if ("placeholder" in el && el.tagName === "INPUT") el.placeholder = el.value;
     });
+    syncUpload();
   }
 
   select.addEventListener("change", function () {
@@ -40,4 +57,6 @@
     return !el || el.value === "";
   });
   if (allEmpty) fill(select.value);
+  if (datasetEl) datasetEl.addEventListener("change", syncUpload);
+  syncUpload();
 })();

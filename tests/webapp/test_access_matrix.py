@@ -188,6 +188,15 @@ API_WRITES = [
 ]
 
 
+# API reads that are not public to every logged-in user: uploaded datasets are private to their
+# owner (and staff) until made public and ready (webapp/datasets/access.py). Each path, with who
+# may read an owner's private dataset through it.
+PRIVATE_API_READS = {
+    "/api/datasets": "the list holds only the ready datasets the caller may train on",
+    "/api/datasets/{dataset_id}": "owner and staff; anyone else 404, as for a missing one",
+}
+
+
 def snapshot() -> tuple[int, ...]:
     """Counts that any of the writes above would change."""
     return (
@@ -296,6 +305,12 @@ def test_every_api_operation_that_changes_state_is_in_the_matrix():
     writes = {(m, p) for m, p in _api_operations() if m != "GET"}
 
     assert writes == {(w.method, w.path) for w in API_WRITES}
+
+
+def test_every_api_dataset_read_is_in_the_matrix():
+    reads = {p for m, p in _api_operations() if m == "GET" and p.startswith("/api/datasets")}
+
+    assert reads == set(PRIVATE_API_READS), "classify the new or removed dataset URL here"
 
 
 # --- HTML writes ------------------------------------------------------------------------------
@@ -519,11 +534,12 @@ def test_any_api_user_may_read_a_runs_metrics_and_artifacts(finished_run, world,
     assert response.status_code == 200
 
 
-def test_every_api_read_is_401_without_a_token_or_session(finished_run):
+def test_every_api_read_is_401_without_a_token_or_session(finished_run, world):
     ids = {
         "{run_id}": str(finished_run.pk),
         "{experiment_id}": str(finished_run.experiment_id),
         "{key}": "omniglot-paper-5way-1shot-transductive",
+        "{dataset_id}": str(_public_ready_dataset(world).pk),
     }
     reads = sorted((m, p) for m, p in _api_operations() if m == "GET")
     client = Client()
@@ -574,3 +590,51 @@ def test_a_strangers_private_dataset_is_hidden_but_a_public_ready_one_is_not(wor
 
     assert client.get(reverse("dataset-detail", args=[private.pk])).status_code == 404
     assert client.get(reverse("dataset-detail", args=[public.pk])).status_code == 200
+
+
+# --- uploaded datasets through the API: private until public and ready -------------------------
+
+
+def _public_ready_dataset(f):
+    return UserDataset.objects.create(
+        owner=f.owner, name="shared", is_public=True, status=UserDataset.Status.READY
+    )
+
+
+@pytest.mark.parametrize("who", ["stranger", "owner", "staff"])
+def test_a_private_dataset_is_read_through_the_api_only_by_its_owner_and_staff(world, who):
+    private = UserDataset.objects.create(
+        owner=world.owner, name="secret", status=UserDataset.Status.READY
+    )
+    client = token_client(getattr(world, who))
+
+    one = client.get(f"/api/datasets/{private.pk}")
+    listed = [d["id"] for d in client.get("/api/datasets").json()["items"]]
+
+    if who == "stranger":
+        assert one.status_code == 404 and "secret" not in one.content.decode()
+        assert private.pk not in listed
+    else:
+        assert one.status_code == 200 and one.json()["name"] == "secret"
+        assert private.pk in listed
+
+
+def test_a_public_ready_dataset_is_read_through_the_api_by_any_user(world):
+    public = _public_ready_dataset(world)
+
+    for client in (token_client(world.stranger), logged_in(world.stranger)):
+        assert client.get(f"/api/datasets/{public.pk}").status_code == 200
+        assert [d["id"] for d in client.get("/api/datasets").json()["items"]] == [public.pk]
+
+
+def test_an_unready_dataset_is_read_through_the_api_by_its_owner_only(world):
+    pending = UserDataset.objects.create(
+        owner=world.owner, name="p", is_public=True, status=UserDataset.Status.PENDING
+    )
+    url = f"/api/datasets/{pending.pk}"
+
+    assert token_client(world.owner).get(url).status_code == 200
+    assert token_client(world.stranger).get(url).status_code == 404
+    assert pending.pk not in [
+        d["id"] for d in token_client(world.owner).get("/api/datasets").json()["items"]
+    ]  # listed only once it can be trained on

@@ -25,7 +25,7 @@ from ninja.renderers import JSONRenderer
 
 from webapp.experiments.services import ConfigError, ServiceError
 
-from . import experiments, leaderboard, presets, runs
+from . import datasets, experiments, leaderboard, presets, runs
 from .auth import API_AUTH
 from .schemas import ExperimentIn, FieldErrors
 
@@ -82,6 +82,7 @@ api.add_router("/presets", presets.router, tags=["presets"])
 api.add_router("/experiments", experiments.router, tags=["experiments"])
 api.add_router("/runs", runs.router, tags=["runs"])
 api.add_router("/leaderboard", leaderboard.router, tags=["leaderboard"])
+api.add_router("/datasets", datasets.router, tags=["datasets"])
 
 
 _PARAM_SOURCES = {"body", "query", "path", "header", "cookie", "form", "file"}

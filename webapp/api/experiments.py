@@ -63,6 +63,7 @@ def create_experiment(request: HttpRequest, payload: ExperimentIn):
             config=config,
             seeds=payload.seeds,
             queue=payload.queue,
+            user_dataset=payload.user_dataset,
         )
     except DataError:  # a value the database refuses: a bug upstream, but never a 500
         raise FieldErrors([(None, "A value is out of range for the database.")]) from None

@@ -17,6 +17,7 @@ from pydantic import AfterValidator, ConfigDict, Field, StrictInt, WithJsonSchem
 from pydantic_core import PydanticCustomError
 
 INT32_MAX = 2**31 - 1
+PK_MAX = 2**63 - 1
 MAX_OVERRIDES = 100
 MAX_STRING = 1000
 PAGE_LIMIT_MAX = 200
@@ -95,6 +96,11 @@ class ExperimentIn(StrictSchema):
     )
     seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1, max_length=20)
     queue: Literal["gpu", "cpu", "any"] = "any"
+    user_dataset: Annotated[StrictInt, Field(ge=1, le=PK_MAX)] | None = Field(
+        None,
+        description="id of an uploaded dataset to train on (GET /api/datasets lists those you "
+        "may use); needs overrides.dataset (or the preset's) = imagefolder",
+    )
 
 
 class FieldErrorOut(Schema):
@@ -166,9 +172,40 @@ class ExperimentOut(Schema):
     seeds: list[int]
     queue: str
     cloned_from: int | None
+    user_dataset: int | None = Field(description="id of the uploaded dataset it trains on")
     created_at: datetime
     can_change: bool
     runs: list[RunOut]
+
+
+class DatasetOut(Schema):
+    id: int
+    name: str
+    owner: str
+    is_public: bool
+    status: Literal["pending", "validating", "ready", "rejected"]
+    usable: bool = Field(description="ready: experiments may train on it (user_dataset)")
+    reason: str = Field(description="why it was rejected")
+    layout: str = Field(description="splits (train/val/test given) or classes (split for you)")
+    train_classes: int
+    val_classes: int
+    test_classes: int
+    max_ways: int = Field(description="classes in the smallest split: the largest `ways`")
+    images: int
+    min_class_images: int = Field(
+        description="images in the smallest class: the most shots + queries (and train_shots)"
+    )
+    uncompressed_bytes: int
+    created_at: datetime
+    finished_at: datetime | None
+    can_change: bool = Field(description="whether the caller may delete it")
+
+
+class DatasetPage(Schema):
+    count: int
+    limit: int
+    offset: int
+    items: list[DatasetOut]
 
 
 class ExperimentPage(Schema):
@@ -313,9 +350,36 @@ def experiment_data(experiment, user) -> dict[str, Any]:
         "seeds": experiment.seeds,
         "queue": experiment.queue,
         "cloned_from": experiment.cloned_from_id,
+        "user_dataset": experiment.user_dataset_id,
         "created_at": experiment.created_at,
         "can_change": can_change(user, experiment),
         "runs": [run_data(run, user) for run in runs],
+    }
+
+
+def dataset_data(dataset, user) -> dict[str, Any]:
+    """A UserDataset as DatasetOut data; `dataset.owner` should be select_related."""
+    from webapp.datasets.access import can_change
+
+    return {
+        "id": dataset.pk,
+        "name": dataset.name,
+        "owner": dataset.owner.get_username(),
+        "is_public": dataset.is_public,
+        "status": dataset.status,
+        "usable": dataset.is_ready,
+        "reason": dataset.reason,
+        "layout": dataset.layout,
+        "train_classes": dataset.train_classes,
+        "val_classes": dataset.val_classes,
+        "test_classes": dataset.test_classes,
+        "max_ways": min(dataset.train_classes, dataset.val_classes, dataset.test_classes),
+        "images": dataset.images,
+        "min_class_images": dataset.min_class_images,
+        "uncompressed_bytes": dataset.uncompressed_bytes,
+        "created_at": dataset.created_at,
+        "finished_at": dataset.finished_at,
+        "can_change": can_change(user, dataset),
     }
 
 

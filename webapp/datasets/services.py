@@ -17,7 +17,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import ProtectedError, Q
 from django.utils import timezone
 
 from .extraction import Limits
@@ -189,23 +189,38 @@ def runs_using(dataset: UserDataset):
     )
 
 
+def experiments_using(dataset: UserDataset) -> int:
+    """How many experiments (anyone's, in any state) were made on this dataset."""
+    return dataset.experiments.count()
+
+
 # ------------------------------------------------------------------------------------------
 # Delete
 # ------------------------------------------------------------------------------------------
 @transaction.atomic
 def delete_dataset(dataset: UserDataset) -> None:
     """Delete the dataset, its folder and its upload. Refused while a run that has not
-    finished trains on it. Allowed while it is being validated: the worker then finds the row
-    gone and removes what it made."""
+    finished trains on it, and while any experiment (finished or not, anyone's) was made on
+    it: their results would lose their data. Allowed while it is being validated: the worker
+    then finds the row gone and removes what it made."""
+    # Lock the row first: an experiment being created on this dataset locks it too, so the
+    # check below cannot miss one that commits in between.
+    UserDataset.objects.select_for_update().filter(pk=dataset.pk).first()
     active = runs_using(dataset).count()
     if active:
         raise DatasetError(
             f"{active} run{'s' if active != 1 else ''} that ha{'ve' if active != 1 else 's'} not "
             "finished use this dataset; cancel or wait for them first."
         )
+    used = experiments_using(dataset)
+    if used:
+        raise DatasetError(_used_by_message(used))
     folder = dataset_folder(dataset.pk)
     upload = dataset.upload.name
-    dataset.delete()
+    try:
+        dataset.delete()
+    except ProtectedError as err:  # an experiment made after the count above
+        raise DatasetError(_used_by_message(len(err.protected_objects))) from None
 
     def _remove_files() -> None:
         remove_folder(folder)
@@ -213,6 +228,14 @@ def delete_dataset(dataset: UserDataset) -> None:
             delete_upload(upload)
 
     transaction.on_commit(_remove_files)
+
+
+def _used_by_message(count: int) -> str:
+    return (
+        f"{count} experiment{'s' if count != 1 else ''} {'were' if count != 1 else 'was'} made "
+        "on this dataset, so it is kept while they exist: their results depend on it. Delete "
+        "those experiments first (other users' experiments only they or staff can delete)."
+    )
 
 
 def remove_folder(folder: Path) -> None:

@@ -22,9 +22,11 @@ from django import forms
 from django.conf import settings
 
 from metatrain import PRESETS, Config, ConfigError
+from webapp.datasets.access import usable_datasets
+from webapp.datasets.models import UserDataset
 
 from .models import Experiment, Queue
-from .services import ServiceError, build_run_configs
+from .services import ServiceError, build_run_configs, check_dataset_fits
 
 # Never in the form: seeds have their own field, and `data_dir` is a path on the server that a
 # browser user must not choose (the server reads its data from METATRAIN_DATA).
@@ -201,9 +203,25 @@ def parse_seeds(raw: str) -> list[int]:
     return seeds
 
 
+class UserDatasetChoiceField(forms.ModelChoiceField):
+    """A select of uploaded datasets, each labelled with what limits a task on it."""
+
+    def label_from_instance(self, obj: UserDataset) -> str:
+        classes = min(obj.train_classes, obj.val_classes, obj.test_classes)
+        return (
+            f"{obj.name} (#{obj.pk}, {obj.owner.get_username()}: "
+            f"{obj.train_classes}/{obj.val_classes}/{obj.test_classes} classes, "
+            f"up to {classes}-way, at least {obj.min_class_images} images per class)"
+        )
+
+
 class ExperimentForm(forms.Form):
     """Define an experiment; `clean()` leaves `self.config` (seed-less) and `self.seeds_list`
-    ready for `services.create_experiment`."""
+    ready for `services.create_experiment`, and `cleaned_data["user_dataset"]` (a UserDataset
+    or None).
+
+    Pass `user=request.user`: the dataset select lists only the datasets that user may train
+    on (webapp.datasets.access.usable_datasets); without a user it lists none."""
 
     name = forms.CharField(max_length=200)
     description = forms.CharField(
@@ -224,12 +242,23 @@ class ExperimentForm(forms.Form):
         initial=Queue.ANY,
         help_text="Which workers may take the runs.",
     )
+    user_dataset = UserDatasetChoiceField(
+        queryset=UserDataset.objects.none(),
+        required=False,
+        label="uploaded dataset",
+        empty_label="none: the server's Mini-ImageNet",
+        help_text="For dataset imagefolder: train on one of your ready uploads, or a public "
+        "one. Its classes and images per class bound ways, shots + queries and train_shots.",
+    )
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, user=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.user = user
         self.fields["preset"].choices = [("", "none: the library's defaults")] + [
             (name, name) for name in PRESETS
         ]
+        if user is not None:
+            self.fields["user_dataset"].queryset = usable_datasets(user).order_by("name", "id")
         hints = typing.get_type_hints(Config)
         for name in config_fields():
             self.fields[name] = _form_field(name, hints.get(name, str))
@@ -246,6 +275,7 @@ class ExperimentForm(forms.Form):
             "preset": experiment.preset if experiment.preset in PRESETS else "",
             "seeds": ", ".join(str(s) for s in experiment.seeds),
             "queue": experiment.queue,
+            "user_dataset": experiment.user_dataset_id,
         }
         for key, value in experiment.config.items():
             if key not in EXCLUDED_FIELDS:
@@ -269,6 +299,8 @@ class ExperimentForm(forms.Form):
         sections: dict[str, list[forms.BoundField]] = {}
         for name in config_fields():
             sections.setdefault(group_of(name), []).append(self[name])
+            if name == "dataset":  # the upload to train on, next to the dataset it needs
+                sections[group_of(name)].append(self["user_dataset"])
         return list(sections.items())
 
     def clean_seeds(self) -> list[int]:
@@ -295,7 +327,7 @@ class ExperimentForm(forms.Form):
         except ServiceError as err:
             self._add_error_to(err.field, str(err))
             return cleaned
-        self._check_against_data(run_configs[0])
+        self._check_against_data(run_configs[0], cleaned.get("user_dataset"))
         if not self.errors:
             self.config = {k: v for k, v in run_configs[0].to_dict().items() if k != "seed"}
             self.seeds_list = cleaned["seeds"]
@@ -313,8 +345,15 @@ class ExperimentForm(forms.Form):
         field = FIELD_ALIASES.get(field, field)
         self.add_error(field if field in self.fields else None, message)
 
-    def _check_against_data(self, config: Config) -> None:
-        """The one check the Config cannot make alone: is the data on this server?"""
+    def _check_against_data(self, config: Config, dataset: UserDataset | None = None) -> None:
+        """The checks the Config cannot make alone: is the data on this server, and does the
+        chosen upload hold enough classes and images for the tasks?"""
+        if dataset is not None:
+            try:
+                check_dataset_fits(dataset, config)
+            except ServiceError as err:
+                self._add_error_to(err.field, str(err))
+            return
         if config.dataset != "omniglot":
             return
         from metatrain.data import omniglot_available

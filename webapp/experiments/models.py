@@ -33,6 +33,16 @@ class Experiment(models.Model):
     cloned_from = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="clones"
     )
+    # An uploaded dataset the runs train on (dataset="imagefolder"); its folder is put into
+    # every run's config as data_dir. PROTECT: a dataset cannot vanish under its experiments.
+    user_dataset = models.ForeignKey(
+        "datasets.UserDataset",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="experiments",
+        help_text="the uploaded dataset the runs train on (dataset imagefolder), if any",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -10,6 +10,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from metatrain import Config, ConfigError
+from webapp.datasets.access import can_view, usable_datasets
+from webapp.datasets.models import UserDataset
+from webapp.datasets.services import DatasetError, dataset_data_dir
 
 from .dispatch import enqueue_on_commit
 from .models import Experiment, Queue, Run
@@ -22,6 +25,8 @@ DB_INT_MAX = 2**31 - 1
 MAX_NAME = 200
 MAX_DESCRIPTION = 5000
 MAX_PRESET = 64
+# Largest primary key a database accepts (SQLite and PostgreSQL bigint).
+DB_PK_MAX = 2**63 - 1
 
 
 class ServiceError(ValueError):
@@ -75,6 +80,87 @@ def _check_text(value: str, field: str, max_length: int, *, required: bool = Fal
         raise ServiceError("NUL characters are not allowed.", field=field)
 
 
+# ------------------------------------------------------------------------------------------
+# Uploaded datasets
+# ------------------------------------------------------------------------------------------
+def get_user_dataset(owner, user_dataset: int | UserDataset, *, lock: bool = False) -> UserDataset:
+    """The dataset `owner` may train on (ready, and theirs or public; staff: any ready one),
+    read afresh from the database; ServiceError on field "user_dataset" otherwise.
+
+    A dataset the owner may not see is reported exactly as one that does not exist, so its
+    id tells a stranger nothing. `lock` holds the row until the transaction ends, so it cannot
+    be deleted between this check and the experiment that points at it.
+    """
+    pk = user_dataset.pk if isinstance(user_dataset, UserDataset) else user_dataset
+    if not _is_int(pk) or not 1 <= pk <= DB_PK_MAX:
+        raise ServiceError("Give the id of a dataset (a whole number).", field="user_dataset")
+    candidates = usable_datasets(owner).filter(pk=pk)
+    if lock:
+        candidates = candidates.select_for_update(of=("self",))
+    dataset = candidates.first()
+    if dataset is not None:
+        return dataset
+    seen = UserDataset.objects.filter(pk=pk).first()
+    if seen is not None and can_view(owner, seen):
+        try:
+            dataset_data_dir(seen)  # says which state it is in
+        except DatasetError as err:
+            raise ServiceError(
+                f"{err} Only a ready dataset can be trained on.", field="user_dataset"
+            ) from None
+    raise ServiceError(
+        f"No dataset #{pk} that you can train on: it must be ready, and yours or public.",
+        field="user_dataset",
+    )
+
+
+def check_dataset_fits(dataset: UserDataset, config: Config) -> None:
+    """Refuse a config the uploaded dataset cannot serve, before any run is queued.
+
+    The counts are the ones the worker recorded when it validated the dataset: every split has
+    at least `smallest split` classes, every class at least `min_class_images` images. A task
+    draws `ways` distinct classes, and `shots + queries` (training: `train_shots`, plus the
+    FOMAML tail) distinct images of each; more than the data holds fails only once a worker
+    samples the first task.
+    """
+    if config.dataset != "imagefolder":
+        raise ServiceError(
+            f"An uploaded dataset needs dataset imagefolder, not {config.dataset}.",
+            field="dataset",
+        )
+    splits = {
+        "train": dataset.train_classes,
+        "val": dataset.val_classes,
+        "test": dataset.test_classes,
+    }
+    smallest = min(splits, key=lambda name: splits[name])
+    if config.ways > splits[smallest]:
+        raise ServiceError(
+            f"Dataset '{dataset.name}' has {splits[smallest]} classes in its {smallest} split; "
+            f"a {config.ways}-way task needs {config.ways}. Use ways <= {splits[smallest]}.",
+            field="ways",
+        )
+    per_class = dataset.min_class_images
+    if config.shots + config.queries > per_class:
+        raise ServiceError(
+            f"Dataset '{dataset.name}' has classes of only {per_class} images; shots + queries "
+            f"= {config.shots} + {config.queries} = {config.shots + config.queries} is more.",
+            field="shots",
+        )
+    if config.training_shots > per_class:
+        what = (
+            f"train_shots + fomaml_tail_shots = {config.train_shots} + "
+            f"{config.fomaml_tail_shots} = {config.training_shots}"
+            if config.algorithm == "fomaml"
+            else f"train_shots = {config.train_shots}"
+        )
+        raise ServiceError(
+            f"Dataset '{dataset.name}' has classes of only {per_class} images; training "
+            f"tasks draw {what} images per class.",
+            field="train_shots",
+        )
+
+
 @transaction.atomic
 def create_experiment(
     owner,
@@ -86,8 +172,14 @@ def create_experiment(
     description: str = "",
     preset: str = "",
     cloned_from: Experiment | None = None,
+    user_dataset: int | UserDataset | None = None,
 ) -> Experiment:
-    """Validate, save the experiment and one queued run per seed, enqueue after commit."""
+    """Validate, save the experiment and one queued run per seed, enqueue after commit.
+
+    `user_dataset` (an id or a UserDataset) trains on an uploaded dataset the owner may use:
+    its folder, never a path from the request, becomes every run's `data_dir`. The
+    experiment's own config stays the user's (no data_dir); the dataset is its foreign key.
+    """
     if queue not in Queue.values:
         raise ServiceError(f"Unknown queue {queue!r}; choose one of {Queue.values}.", "queue")
     _check_text(name, "name", MAX_NAME, required=True)
@@ -95,6 +187,12 @@ def create_experiment(
     _check_text(preset, "preset", MAX_PRESET)
     run_configs = build_run_configs(config, seeds)
     stored_config = {k: v for k, v in run_configs[0].to_dict().items() if k != "seed"}
+    dataset = None
+    if user_dataset is not None:
+        dataset = get_user_dataset(owner, user_dataset, lock=True)
+        check_dataset_fits(dataset, run_configs[0])
+        data_dir = dataset_data_dir(dataset)
+        run_configs = [cfg.replace(data_dir=data_dir) for cfg in run_configs]
     experiment = Experiment.objects.create(
         owner=owner,
         name=name,
@@ -104,6 +202,7 @@ def create_experiment(
         seeds=list(seeds),
         queue=queue,
         cloned_from=cloned_from,
+        user_dataset=dataset,
     )
     runs = [
         Run.objects.create(
@@ -162,7 +261,9 @@ __all__ = [
     "ConfigError",
     "ServiceError",
     "build_run_configs",
+    "check_dataset_fits",
     "create_experiment",
     "delete_experiment",
+    "get_user_dataset",
     "request_cancel",
 ]

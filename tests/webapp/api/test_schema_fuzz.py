@@ -5,8 +5,9 @@ Every operation gets a bounded number of generated requests, valid by the schema
 invalid (negative), sent with a valid API token. Path ids are sometimes replaced by ids that
 exist, so the handlers behind the 404 are reached too: the owner's queued runs (cancel, delete),
 a stranger's succeeded run with files, metric points and evaluations (reads; cancel and delete
-refused). Checks: never a 5xx, a response's content type and body match what the schema
-documents for its status, and input the schema forbids is refused with a 4xx.
+refused), and uploaded datasets the owner may and may not see. Checks: never a 5xx, a
+response's content type and body match what the schema documents for its status, and input the
+schema forbids is refused with a 4xx.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from webapp.accounts.models import ApiToken
+from webapp.datasets.models import UserDataset
 from webapp.experiments.models import Evaluation, MetricPoint
 
 EXAMPLES_PER_OPERATION = 25
@@ -86,11 +88,19 @@ def target(wsgi_app, settings, tmp_path, owner, stranger, make_experiment, make_
         for step in range(50)
     )
     Evaluation.objects.create(run=finished, split="test", accuracy=0.9, ci95=0.01, tasks=10)
+    ready = UserDataset.Status.READY
+    datasets = [
+        UserDataset.objects.create(owner=owner, name="owner's ready", status=ready),
+        UserDataset.objects.create(owner=owner, name="owner's rejected", status="rejected"),
+        UserDataset.objects.create(owner=stranger, name="public", is_public=True, status=ready),
+        UserDataset.objects.create(owner=stranger, name="stranger's private", status=ready),
+    ]
 
     real = {
         "experiment_id": [queued.pk, finished.experiment_id],
         "run_id": [*queued.runs.values_list("pk", flat=True), finished.pk],
         "key": BOARD_KEYS,
+        "dataset_id": [d.pk for d in datasets],
     }
     schema = schemathesis.openapi.from_wsgi("/api/openapi.json", wsgi_app)
 

@@ -8,6 +8,9 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
+from webapp.datasets.access import can_view as can_view_dataset
+from webapp.datasets.access import get_usable_dataset
+
 from .. import services
 from ..access import can_change, get_experiment_for_user
 from ..forms import ExperimentForm, config_fields, presets_for_script
@@ -31,6 +34,7 @@ def _save(request: HttpRequest, form: ExperimentForm, cloned_from: Experiment | 
             seeds=form.seeds_list,
             queue=data["queue"],
             cloned_from=cloned_from,
+            user_dataset=data.get("user_dataset"),
         )
     except services.ConfigError as err:
         form.add_error(err.field if err.field in form.fields else None, err.message)
@@ -61,13 +65,14 @@ def _form_page(request, form, *, cloned_from=None) -> HttpResponse:
 @login_required
 def experiment_new(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
-        form = ExperimentForm(request.POST)
+        form = ExperimentForm(request.POST, user=request.user)
         if form.is_valid():
             experiment = _save(request, form, cloned_from=None)
             if experiment is not None:
                 return _after_create(request, experiment)
         return _form_page(request, form)
-    return _form_page(request, ExperimentForm(initial={"preset": DEFAULT_PRESET}))
+    form = ExperimentForm(initial={"preset": DEFAULT_PRESET}, user=request.user)
+    return _form_page(request, form)
 
 
 @login_required
@@ -76,13 +81,21 @@ def experiment_clone(request: HttpRequest, pk: int) -> HttpResponse:
     (anyone may clone what they can see: the copy is theirs)."""
     source = get_experiment_for_user(request.user, pk)
     if request.method == "POST":
-        form = ExperimentForm(request.POST)
+        form = ExperimentForm(request.POST, user=request.user)
         if form.is_valid():
             experiment = _save(request, form, cloned_from=source)
             if experiment is not None:
                 return _after_create(request, experiment)
         return _form_page(request, form, cloned_from=source)
-    form = ExperimentForm(initial=ExperimentForm.initial_from_experiment(source))
+    form = ExperimentForm(initial=ExperimentForm.initial_from_experiment(source), user=request.user)
+    if source.user_dataset_id and get_usable_dataset(request.user, source.user_dataset_id) is None:
+        # The select cannot offer it, and an empty select means the default data: say so
+        # rather than let the copy quietly train on something else.
+        messages.warning(
+            request,
+            f"Experiment #{source.pk} trained on an uploaded dataset you cannot use (it is "
+            "private, or no longer ready). Choose another uploaded dataset below.",
+        )
     return _form_page(request, form, cloned_from=source)
 
 
@@ -97,6 +110,7 @@ def experiment_detail(request: HttpRequest, pk: int) -> HttpResponse:
     ]
     context = {
         "experiment": experiment,
+        "dataset": dataset_shown(request.user, experiment),
         "runs": runs,
         "can_change": can_change(request.user, experiment),
         "mean_accuracy": sum(scores) / len(scores) if scores else None,
@@ -105,6 +119,18 @@ def experiment_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "config_rows": sorted(experiment.config.items(), key=lambda kv: _field_order(kv[0])),
     }
     return render(request, "experiments/experiment_detail.html", context)
+
+
+def dataset_shown(user, experiment: Experiment) -> dict | None:
+    """The uploaded dataset an experiment trains on, as its pages show it: name and link for
+    whoever may see the dataset; for anyone else only that it is private (experiments are
+    public, a private dataset's name is not)."""
+    dataset = experiment.user_dataset
+    if dataset is None:
+        return None
+    if can_view_dataset(user, dataset):
+        return {"pk": dataset.pk, "name": dataset.name, "url": dataset.get_absolute_url()}
+    return {"pk": dataset.pk, "name": None, "url": None}
 
 
 def _field_order(name: str) -> tuple[int, str]:

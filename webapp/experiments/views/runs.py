@@ -19,6 +19,7 @@ from .. import exports, metrics_series, services
 from ..access import can_change, get_run_for_user
 from ..forms import config_fields
 from ..models import Run
+from .experiments import dataset_shown
 
 RUNS_PER_PAGE = 25
 POLL_MS = 3000  # how often a live run page asks for new points
@@ -170,6 +171,7 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
     context = {
         "run": run,
         "experiment": run.experiment,
+        "dataset": dataset_shown(request.user, run.experiment),
         "state": run_state(run),
         "can_change": can_change(request.user, run),
         "config_rows": _config_rows(run.config),

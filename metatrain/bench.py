@@ -1,0 +1,459 @@
+"""``python -m metatrain bench``: the library against a plain PyTorch loop, same work, same process.
+
+What is compared (omniglot-5way-1shot, real Omniglot from ``$METATRAIN_DATA``):
+
+- meta-training: (a) the library's real ``train()`` (metrics file, reporter calls and all), timed
+  between two of its ``on_iteration`` callbacks, so model building, data loading and the final
+  checkpoint are outside the clock; (b) ``plain_meta_step``: Reptile written the usual way, a
+  ``copy.deepcopy`` of the model and a fresh ``torch.optim.Adam(betas=(0, 0.999))`` (PyTorch's
+  defaults otherwise) per task, the outer update with ``torch.stack(...).mean``. Both draw
+  tasks from the same ``TaskSampler`` and mini-batches from ``mini_batches``, with the preset's
+  hyperparameters: 5 tasks per meta-batch, 5 inner steps of batch 10 on 10 shots per class,
+  summed cross-entropy. The only difference in what is computed: the library keeps Adam's
+  moments across tasks (the paper's code), the plain loop starts each task from fresh ones,
+  which costs the same arithmetic.
+- evaluation: (a) the library's ``evaluate()`` on a network, timed from its first task after
+  the warm-up ones to its return; (b) ``plain_eval_task``: deepcopy + fresh Adam + 50 steps of
+  batch 5 + predicting the (transductive) queries.
+
+Both sides are warmed up first, then timed in alternating rounds (A B, B A, ...) so that load
+from other processes falls on both alike. ``tests/metatrain/test_bench.py`` checks that the
+plain loop computes the same weights and accuracies as the library, so the ratio compares
+equal work.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import seeding
+from .config import Config, preset
+from .data import Task, TaskSampler, load_class_splits, mini_batches, omniglot_available
+from .models import build_model
+from .reporting import Reporter
+
+__all__ = [
+    "PRESET",
+    "bench_config",
+    "machine_info",
+    "plain_meta_step",
+    "plain_eval_task",
+    "run_bench",
+    "format_report",
+]
+
+PRESET = "omniglot-5way-1shot"
+TRAIN_WARMUP = 2  # meta-iterations run before the clock starts (first Adam step allocates)
+EVAL_WARMUP = 2  # evaluation tasks run before the clock starts
+CALIBRATION = 3  # timed iterations / tasks used to size the default run
+
+
+def bench_config(**overrides: Any) -> Config:
+    """The preset with validation and periodic checkpoints off (they are not what is timed)."""
+    return preset(PRESET, validation_interval=0, **overrides)
+
+
+# --- the plain loop -------------------------------------------------------------------------
+
+
+def _fresh_adam(model: nn.Module, config: Config) -> torch.optim.Adam:
+    return torch.optim.Adam(model.parameters(), lr=config.inner_lr, betas=(0.0, config.adam_beta2))
+
+
+def plain_meta_step(
+    model: nn.Module,
+    sample_task: Callable[[], Task],
+    config: Config,
+    step_size: float,
+    rng: np.random.Generator,
+) -> float:
+    """One Reptile outer step the usual way; returns the mean inner loss.
+
+    Per task: deepcopy the model, a fresh Adam, ``inner_iters`` steps on ``inner_batch``
+    examples; then theta <- theta + step_size * (mean of the adapted weights - theta).
+    """
+    adapted: list[list[torch.Tensor]] = []
+    losses: list[float] = []
+    for _ in range(config.meta_batch):
+        task = sample_task()
+        learner = copy.deepcopy(model)
+        optimizer = _fresh_adam(learner, config)
+        for xb, yb in mini_batches(
+            task.support_x, task.support_y, config.inner_batch, config.inner_iters, rng
+        ):
+            loss = F.cross_entropy(learner(xb), yb, reduction="sum")
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item() / len(yb))
+        adapted.append([p.detach() for p in learner.parameters()])
+    with torch.no_grad():
+        for i, p in enumerate(model.parameters()):
+            mean = torch.stack([weights[i] for weights in adapted]).mean(0)
+            p.add_(mean - p, alpha=step_size)
+    return sum(losses) / len(losses)
+
+
+def plain_eval_task(
+    model: nn.Module, task: Task, config: Config, rng: np.random.Generator
+) -> float:
+    """Accuracy on one task the usual way: deepcopy, fresh Adam, ``eval_inner_iters`` steps of
+    ``eval_inner_batch``, then all queries in one batch (transductive)."""
+    learner = copy.deepcopy(model)
+    optimizer = _fresh_adam(learner, config)
+    for xb, yb in mini_batches(
+        task.support_x, task.support_y, config.eval_inner_batch, config.eval_inner_iters, rng
+    ):
+        loss = F.cross_entropy(learner(xb), yb, reduction="sum")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        pred = learner(task.query_x).argmax(1)
+    return (pred == task.query_y).float().mean().item()
+
+
+# --- machine --------------------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _load() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """What the figures were measured on (they mean little without it)."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    info: dict[str, Any] = {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "device": str(device),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_average_at_start": _load(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+# --- timing ---------------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _now() -> tuple[float, float]:
+    """(wall clock, CPU time of this process): CPU time shows the work done even when other
+    processes take the cores (with one thread it is close to what an idle machine would
+    take; with more, it also counts threads spinning while they wait for each other)."""
+    return time.perf_counter(), time.process_time()
+
+
+def _since(start: tuple[float, float]) -> tuple[float, float]:
+    wall, cpu = _now()
+    return wall - start[0], cpu - start[1]
+
+
+class _TrainClock(Reporter):
+    """Timestamps ``on_iteration``: the clock runs from iteration ``start`` to the last."""
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+        self.t0: tuple[float, float] | None = None
+        self.t1: tuple[float, float] | None = None
+
+    def on_iteration(self, iteration: int, metrics: dict[str, float]) -> None:
+        now = _now()  # the loop has synchronised already (float(loss))
+        if iteration == self.start:
+            self.t0 = now
+        self.t1 = now
+
+
+class _EvalClock(Reporter):
+    """``should_stop`` is polled before every task: start the clock before task ``start + 1``."""
+
+    def __init__(self, start: int, device: torch.device) -> None:
+        self.start = start
+        self.device = device
+        self.polls = 0
+        self.t0: tuple[float, float] | None = None
+
+    def should_stop(self) -> bool:
+        self.polls += 1
+        if self.polls == self.start + 1:
+            _sync(self.device)
+            self.t0 = _now()
+        return False
+
+
+Seconds = tuple[float, float]  # (wall, cpu)
+
+
+def _library_train(config: Config, n: int, device: torch.device) -> Seconds:
+    """Seconds the real ``train()`` takes for ``n`` meta-iterations after TRAIN_WARMUP."""
+    from .train import train
+
+    total = TRAIN_WARMUP + n
+    cfg = config.replace(meta_iters=total, checkpoint_interval=total + 1)
+    clock = _TrainClock(TRAIN_WARMUP)
+    with tempfile.TemporaryDirectory(prefix="metatrain-bench-") as out:
+        train(cfg, out, reporter=clock, device=device)
+    assert clock.t0 is not None and clock.t1 is not None
+    return clock.t1[0] - clock.t0[0], clock.t1[1] - clock.t0[1]
+
+
+class _PlainTrainer:
+    """The plain loop's state across rounds: one model, one task stream."""
+
+    def __init__(self, config: Config, splits: Any, device: torch.device) -> None:
+        self.config = config
+        self.device = device
+        self.model = build_model(config, generator=seeding.init_generator(config.seed)).to(device)
+        self.rng = seeding.train_rng(config.seed)
+        sampler = TaskSampler(splits.train, config.ways, config.train_shots, 0, self.rng)
+        self.sample = lambda: sampler.sample().to(device)
+        self.iteration = 0
+
+    def run(self, n: int) -> Seconds:
+        _sync(self.device)
+        t0 = _now()
+        for _ in range(n):
+            self.iteration += 1
+            frac = (self.iteration - 1) / self.config.meta_iters
+            step = frac * self.config.meta_step_final + (1 - frac) * self.config.meta_step
+            plain_meta_step(self.model, self.sample, self.config, step, self.rng)
+        _sync(self.device)
+        return _since(t0)
+
+
+def _library_eval(model: nn.Module, config: Config, n: int, device: torch.device) -> Seconds:
+    """Seconds ``evaluate()`` takes for ``n`` tasks after EVAL_WARMUP."""
+    from .evaluate import evaluate
+
+    clock = _EvalClock(EVAL_WARMUP, device)
+    evaluate(model, config, tasks=EVAL_WARMUP + n, reporter=clock, device=device)
+    _sync(device)
+    assert clock.t0 is not None
+    return _since(clock.t0)
+
+
+class _PlainEvaluator:
+    def __init__(self, model: nn.Module, config: Config, splits: Any, device: torch.device):
+        self.model = model
+        self.config = config
+        self.device = device
+        self.rng = seeding.eval_rng(config.seed, "test")
+        sampler = TaskSampler(splits.test, config.ways, config.shots, config.queries, self.rng)
+        self.sample = lambda: sampler.sample().to(device)
+
+    def run(self, n: int) -> Seconds:
+        _sync(self.device)
+        t0 = _now()
+        for _ in range(n):
+            plain_eval_task(self.model, self.sample(), self.config, self.rng)
+        _sync(self.device)
+        return _since(t0)
+
+
+def _split(total: int, rounds: int) -> list[int]:
+    rounds = max(1, min(rounds, total))
+    base, extra = divmod(total, rounds)
+    return [base + (1 if r < extra else 0) for r in range(rounds)]
+
+
+def _compare(
+    library: Callable[[int], Seconds],
+    plain: Callable[[int], Seconds],
+    total: int | None,
+    seconds: float,
+    rounds: int,
+    log: Callable[[str], None],
+    unit: str,
+) -> dict[str, Any]:
+    """Warm up (and, without ``total``, calibrate) both sides, then time alternating rounds.
+
+    Rates are count / wall seconds; ``cpu_*`` the same per CPU second of this process.
+    """
+    rates = {}
+    for name, fn in (("library", library), ("plain", plain)):
+        wall, _ = fn(CALIBRATION)
+        rates[name] = CALIBRATION / max(wall, 1e-9)
+        log(f"  warm-up {name}: {rates[name]:.2f} {unit}/s")
+    if total is None:
+        total = max(rounds, math.ceil(seconds * min(rates.values())))
+    sides: dict[str, dict[str, Any]] = {
+        name: {"count": 0, "seconds": 0.0, "cpu_seconds": 0.0, "round_rates": []}
+        for name in ("library", "plain")
+    }
+    for r, n in enumerate(_split(total, rounds)):
+        order = [("library", library), ("plain", plain)]
+        if r % 2:
+            order.reverse()
+        for name, fn in order:
+            wall, cpu = fn(n)
+            side = sides[name]
+            side["count"] += n
+            side["seconds"] += wall
+            side["cpu_seconds"] += cpu
+            side["round_rates"].append(round(n / max(wall, 1e-9), 3))
+        log(
+            f"  round {r + 1}: library {sides['library']['round_rates'][-1]:.2f}, "
+            f"plain {sides['plain']['round_rates'][-1]:.2f} {unit}/s"
+        )
+    result: dict[str, Any] = {unit: total}
+    for name, side in sides.items():
+        side[f"{unit}_per_s"] = round(side["count"] / max(side["seconds"], 1e-9), 3)
+        side[f"{unit}_per_cpu_s"] = round(side["count"] / max(side["cpu_seconds"], 1e-9), 3)
+        side["seconds"] = round(side["seconds"], 3)
+        side["cpu_seconds"] = round(side["cpu_seconds"], 3)
+        result[name] = side
+    lib, pl = sides["library"], sides["plain"]
+    result["speedup"] = round(lib[f"{unit}_per_s"] / max(pl[f"{unit}_per_s"], 1e-9), 3)
+    result["speedup_cpu"] = round(lib[f"{unit}_per_cpu_s"] / max(pl[f"{unit}_per_cpu_s"], 1e-9), 3)
+    return result
+
+
+def run_bench(
+    *,
+    iterations: int | None = None,
+    eval_tasks: int | None = None,
+    seconds: float = 20.0,
+    rounds: int = 4,
+    device: str | torch.device | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Time training and evaluation, library vs plain loop; a JSON-ready dict.
+
+    ``iterations``/``eval_tasks``: timed per side (None: as many as take about ``seconds``
+    on the slower side, measured during the warm-up). Raises DataError without Omniglot.
+    """
+    log = log or (lambda text: None)
+    from .runtime import resolve_device
+
+    dev = resolve_device(device)
+    config = bench_config()
+    machine = machine_info(dev)
+    if not omniglot_available(config.data_dir):
+        load_class_splits(config)  # raises the DataError that says what is missing
+    log(f"loading Omniglot ({PRESET}) ...")
+    splits = load_class_splits(config)  # cached for train() and evaluate()
+
+    log("meta-training (meta-iterations/s):")
+    plain_trainer = _PlainTrainer(config, splits, dev)
+    train_result = _compare(
+        lambda n: _library_train(config, n, dev),
+        plain_trainer.run,
+        iterations,
+        seconds,
+        rounds,
+        log,
+        "iterations",
+    )
+
+    log("evaluation (tasks/s):")
+    model = plain_trainer.model  # any weights do: the work per task does not depend on them
+    plain_evaluator = _PlainEvaluator(model, config, splits, dev)
+    eval_result = _compare(
+        lambda n: _library_eval(model, config, n, dev),
+        plain_evaluator.run,
+        eval_tasks,
+        seconds,
+        rounds,
+        log,
+        "tasks",
+    )
+    machine["load_average_at_end"] = _load()
+    c = config
+    return {
+        "machine": machine,
+        "workload": {
+            "preset": PRESET,
+            "meta_batch": c.meta_batch,
+            "inner_iters": c.inner_iters,
+            "inner_batch": c.inner_batch,
+            "train_shots": c.train_shots,
+            "ways": c.ways,
+            "algorithm": c.algorithm,
+            "inner_optimizer": f"adam(betas=(0, {c.adam_beta2}), lr={c.inner_lr})",
+            "library_keeps_adam_state": c.keep_adam_state,
+            "eval_inner_iters": c.eval_inner_iters,
+            "eval_inner_batch": c.eval_inner_batch,
+            "shots": c.shots,
+            "queries": c.queries,
+            "transductive": c.transductive,
+        },
+        "train": train_result,
+        "evaluate": eval_result,
+    }
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """The human-readable form of ``run_bench``'s result."""
+    m, w = result["machine"], result["workload"]
+    lines = [
+        f"machine: {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), "
+        f"torch {m['torch']}, {m['threads']} threads, device {m['device']}"
+        + (f" ({m['gpu']})" if m.get("gpu") else ""),
+        f"load average: {m['load_average_at_start']} at start, {m['load_average_at_end']} at "
+        "end (other processes share these cores)",
+        f"workload: {w['preset']}: {w['meta_batch']} tasks per meta-batch, {w['inner_iters']} "
+        f"inner steps of batch {w['inner_batch']} ({w['train_shots']} shots x {w['ways']} ways), "
+        f"{w['algorithm']}; evaluation {w['eval_inner_iters']} steps of batch "
+        f"{w['eval_inner_batch']}, transductive={w['transductive']}",
+    ]
+    load = m.get("load_average_at_start")
+    if load and m.get("usable_cores") and load[0] >= m["usable_cores"] and m["threads"] > 1:
+        lines.append(
+            "note: the cores were busy with other processes; with several torch threads the "
+            "figures are then mostly scheduling noise (compare --threads 1)"
+        )
+    lines.append("")
+    for title, key, unit in (
+        ("meta-training", "train", "iterations"),
+        ("evaluation", "evaluate", "tasks"),
+    ):
+        r = result[key]
+        lib, plain = r["library"], r["plain"]
+        rate_unit = "meta-it/s" if unit == "iterations" else "tasks/s"
+        lines.append(
+            f"{title:14s} {r[unit]:>6} {unit:10s}  library {lib[f'{unit}_per_s']:8.2f} "
+            f"{rate_unit}  plain {plain[f'{unit}_per_s']:8.2f} {rate_unit}  "
+            f"library/plain {r['speedup']:.2f}x  (per CPU second: {lib[f'{unit}_per_cpu_s']:.2f} "
+            f"vs {plain[f'{unit}_per_cpu_s']:.2f}, {r['speedup_cpu']:.2f}x)"
+        )
+    return "\n".join(lines)

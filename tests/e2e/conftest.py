@@ -1,0 +1,292 @@
+"""End-to-end fixtures: REAL Celery worker processes against a REAL Redis and this test's
+database. No eager mode, no mocks: what a user's `make run` does, minus the web server.
+
+Reuse (e.g. browser tests)::
+
+    pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+    def test_something(live_server, celery_worker, wait_for_run):
+        ...  # create runs through the UI or services; celery_worker trains them
+        run = wait_for_run(run_pk, {"succeeded"}, timeout=120, worker=celery_worker)
+
+Fixtures
+--------
+`e2e_redis` (redis.Redis)
+    A real Redis database that these tests own (E2E_REDIS_DB, default 11, on the server of
+    `redis_server_url` from tests/conftest.py), flushed at the start and the end of the test.
+    While the test runs, this process's Celery app publishes there too, so runs created by
+    `services.create_experiment` (or a view, e.g. under `live_server`) reach the worker.
+`worker_env` (dict)
+    The environment a worker gets: DATABASE_URL naming this test's database (the SQLite test
+    file, or the PostgreSQL test database), CELERY_BROKER_URL, RUNS_ROOT and MEDIA_ROOT under
+    tmp_path (this process's settings point to the same folders, so stored files can be
+    read), METATRAIN_DATA, RUN_HEARTBEAT_SECONDS=1 and one torch thread. Add keys to it
+    before starting a worker to change its settings.
+`start_worker(queues=("cpu", "any"), name=None) -> WorkerProcess`
+    Starts `celery -A webapp worker` (the same command line as `make run`: concurrency 1,
+    prefetch disabled) in its own process group and waits until it has registered its
+    Worker row. Every worker still running at the end of the test is stopped (SIGTERM, then
+    SIGKILL). Start several to test hand-overs.
+`celery_worker` (WorkerProcess)
+    One worker on the cpu and any queues, already started.
+`owner`
+    A user (username "owner", password "pw") in the transactional database.
+
+`WorkerProcess`: `.hostname`, `.pid`, `.log()` (its output so far: put it in assertion
+messages), `.terminate(timeout)` (SIGTERM to the main process: Celery's warm shutdown, which
+makes a training run checkpoint and go back to the queue; returns the exit code), `.kill()`
+(SIGKILL to the whole process group: a crashed machine; the run is left `running` until the
+supervisor declares it lost), `.alive`.
+
+`wait_for(predicate, timeout, what, worker=None)` and `wait_for_run(pk, statuses, timeout,
+worker=None)` (fixtures returning functions) poll the database until true; on timeout they fail
+with the run's status and reason and the worker's log.
+
+Needs `transactional_db` (pulled in by `worker_env`): the worker is another process and only
+sees committed rows. With SQLite the test database is a file (settings.py sets TEST NAME under
+var/ for that reason).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import redis
+from django.conf import settings as django_settings
+from django.db import connection
+
+from webapp.celery import app
+from webapp.experiments.models import Run, Worker
+from webapp.experiments.workers import training_worker_argv
+
+E2E_REDIS_DB = int(os.environ.get("E2E_REDIS_DB", "11"))
+WORKER_START_TIMEOUT = 90
+
+
+def database_url() -> str:
+    """A URL naming the database this test process uses right now (the test database)."""
+    cfg = connection.settings_dict
+    if connection.vendor == "sqlite":
+        name = str(cfg["NAME"])
+        if name == ":memory:" or "mode=memory" in name:
+            raise RuntimeError("the worker needs a file database: set TEST NAME for SQLite")
+        return f"sqlite:///{name}"
+    if connection.vendor == "postgresql":
+        user = quote(cfg.get("USER") or "")
+        password = quote(cfg.get("PASSWORD") or "")
+        auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
+        host = cfg.get("HOST") or "localhost"
+        port = f":{cfg['PORT']}" if cfg.get("PORT") else ""
+        return f"postgres://{auth}{host}{port}/{cfg['NAME']}"
+    raise RuntimeError(f"no worker URL for database vendor {connection.vendor}")
+
+
+def _wait_for(
+    predicate: Callable[[], object],
+    timeout: float,
+    what: str,
+    interval: float = 0.2,
+    worker: WorkerProcess | None = None,
+):
+    """Poll until predicate() is truthy and return it; fail naming `what` (and showing the
+    worker's log) after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            log = f"\nworker log:\n{worker.log()[-4000:]}" if worker is not None else ""
+            pytest.fail(f"timed out after {timeout} s waiting for {what}{log}")
+        time.sleep(interval)
+
+
+def _wait_for_run(
+    pk: int, statuses: set[str], timeout: float, worker: WorkerProcess | None = None
+) -> Run:
+    """The run once its status is one of `statuses`."""
+
+    def reached():
+        run = Run.objects.get(pk=pk)
+        if run.status in statuses:
+            return run
+        if worker is not None and not worker.alive:
+            pytest.fail(f"worker died while run {pk} was {run.status}:\n{worker.log()[-4000:]}")
+        return None
+
+    def describe() -> str:
+        run = Run.objects.get(pk=pk)
+        return f"run {pk} to become {sorted(statuses)} (it is {run.status}: {run.status_reason})"
+
+    deadline = time.monotonic() + timeout
+    while True:
+        run = reached()
+        if run is not None:
+            return run
+        if time.monotonic() > deadline:
+            log = f"\nworker log:\n{worker.log()[-4000:]}" if worker is not None else ""
+            pytest.fail(f"timed out after {timeout} s waiting for {describe()}{log}")
+        time.sleep(0.2)
+
+
+@dataclass
+class WorkerProcess:
+    """A `celery worker` subprocess in its own process group."""
+
+    hostname: str
+    proc: subprocess.Popen
+    log_path: Path
+    _log_file: object = field(repr=False, default=None)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def terminate(self, timeout: float = 60) -> int:
+        """SIGTERM to the main process (warm shutdown) and wait for it to exit."""
+        if self.alive:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"worker ignored SIGTERM for {timeout} s:\n{self.log()[-4000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL the main process and its pool children at once."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+
+    def close(self) -> None:
+        if self.alive:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        else:
+            # the main process is gone: make sure no orphaned pool child is left
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        if self._log_file is not None:
+            self._log_file.close()
+
+
+@pytest.fixture
+def e2e_redis(redis_server_url) -> Iterator[redis.Redis]:
+    url = f"{redis_server_url}/{E2E_REDIS_DB}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    # Celery reads the CELERY_BROKER_URL environment variable before its configuration.
+    previous = app.conf.broker_url
+    previous_env = os.environ.get("CELERY_BROKER_URL")
+    app.conf.broker_url = url
+    os.environ["CELERY_BROKER_URL"] = url
+    app._pool = None
+    app.amqp._producer_pool = None
+    try:
+        yield client
+    finally:
+        app.conf.broker_url = previous
+        if previous_env is None:
+            os.environ.pop("CELERY_BROKER_URL", None)
+        else:
+            os.environ["CELERY_BROKER_URL"] = previous_env
+        app._pool = None
+        app.amqp._producer_pool = None
+        client.flushdb()
+
+
+@pytest.fixture
+def worker_env(transactional_db, e2e_redis, settings, tmp_path) -> dict[str, str]:
+    settings.RUNS_ROOT = tmp_path / "runs"
+    settings.MEDIA_ROOT = tmp_path / "media"
+    kwargs = e2e_redis.connection_pool.connection_kwargs
+    env = dict(os.environ)
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "webapp.settings",
+            "DATABASE_URL": database_url(),
+            "CELERY_BROKER_URL": f"redis://{kwargs['host']}:{kwargs['port']}/{E2E_REDIS_DB}",
+            "RUNS_ROOT": str(settings.RUNS_ROOT),
+            "MEDIA_ROOT": str(settings.MEDIA_ROOT),
+            "METATRAIN_DATA": django_settings.METATRAIN_DATA,
+            "RUN_HEARTBEAT_SECONDS": "1",
+            # Tiny models on a shared machine: one intra-op thread, no oversubscription.
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+@pytest.fixture
+def start_worker(worker_env, tmp_path) -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def start(queues=("cpu", "any"), name: str | None = None) -> WorkerProcess:
+        hostname = f"{name or 'e2e'}-{uuid.uuid4().hex[:8]}@test"
+        log_path = tmp_path / f"worker-{hostname.split('@')[0]}.log"
+        log_file = open(log_path, "wb")  # noqa: SIM115 (closed by WorkerProcess.close)
+        proc = subprocess.Popen(
+            training_worker_argv(list(queues), name=hostname),
+            cwd=django_settings.BASE_DIR,
+            env=worker_env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        worker = WorkerProcess(hostname, proc, log_path, log_file)
+        started.append(worker)
+
+        def registered():
+            if not worker.alive:
+                pytest.fail(f"worker exited with {proc.returncode}:\n{worker.log()[-4000:]}")
+            return Worker.objects.filter(hostname=hostname).exists()
+
+        _wait_for(registered, WORKER_START_TIMEOUT, f"worker {hostname} to start", interval=0.3)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.close()
+
+
+@pytest.fixture
+def owner(transactional_db, django_user_model):
+    """A user who owns the experiments these tests submit (password "pw")."""
+    return django_user_model.objects.create_user(username="owner", password="pw")
+
+
+@pytest.fixture
+def celery_worker(start_worker) -> WorkerProcess:
+    return start_worker()
+
+
+@pytest.fixture
+def wait_for() -> Callable:
+    return _wait_for
+
+
+@pytest.fixture
+def wait_for_run() -> Callable:
+    return _wait_for_run

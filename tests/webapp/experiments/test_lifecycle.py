@@ -1,0 +1,198 @@
+"""The run state machine's transitions (webapp/experiments/lifecycle.py), on the real database."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from webapp.experiments import lifecycle, services
+from webapp.experiments.models import Run, RunAttempt
+
+
+@pytest.fixture
+def queued_run(owner, make_experiment) -> Run:
+    return make_experiment(owner).runs.get()
+
+
+@pytest.fixture
+def limits(settings):
+    settings.RUN_LOST_AFTER_SECONDS = 60
+    settings.RUN_MAX_ATTEMPTS = 2
+    return settings
+
+
+def _claim(run: Run, worker: str = "w1") -> Run:
+    claimed = lifecycle.claim_run(run.pk, worker=worker, device="CPU (1 threads)")
+    assert claimed is not None
+    return claimed
+
+
+def _go_stale(run: Run, seconds: float = 120) -> None:
+    Run.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=seconds))
+
+
+def test_it_claims_a_queued_run_and_opens_an_attempt(queued_run):
+    run = _claim(queued_run)
+    assert run.status == Run.Status.RUNNING
+    assert run.attempts == 1
+    assert run.worker == "w1"
+    assert run.started_at is not None and run.heartbeat_at is not None
+    attempt = RunAttempt.objects.get(run=run)
+    assert (attempt.number, attempt.worker, attempt.outcome) == (1, "w1", "")
+
+
+def test_a_second_claim_of_the_same_run_loses(queued_run):
+    _claim(queued_run, "w1")
+    assert lifecycle.claim_run(queued_run.pk, worker="w2", device="") is None
+    run = Run.objects.get(pk=queued_run.pk)
+    assert (run.worker, run.attempts) == ("w1", 1)
+    assert RunAttempt.objects.filter(run=run).count() == 1
+
+
+def test_it_does_not_claim_a_missing_or_cancelled_run(queued_run):
+    assert lifecycle.claim_run(10**9, worker="w1", device="") is None
+    services.request_cancel(queued_run)
+    assert lifecycle.claim_run(queued_run.pk, worker="w1", device="") is None
+    assert Run.objects.get(pk=queued_run.pk).status == Run.Status.CANCELLED
+
+
+def test_cancelling_a_queued_run_cancels_it_at_once(queued_run):
+    run = services.request_cancel(queued_run)
+    assert run.status == Run.Status.CANCELLED
+    assert run.finished_at is not None
+
+
+def test_cancelling_a_running_run_only_raises_the_flag(queued_run):
+    run = services.request_cancel(_claim(queued_run))
+    assert run.status == Run.Status.RUNNING
+    assert run.cancel_requested
+
+
+def test_complete_fail_and_cancel_close_the_attempt(owner, make_experiment):
+    runs = list(make_experiment(owner, seeds=[1, 2, 3]).runs.order_by("seed"))
+    for run in runs:
+        _claim(run)
+    assert lifecycle.complete_run(runs[0], 1, test_accuracy=0.9, test_ci95=0.01, test_tasks=10)
+    assert lifecycle.fail_run(runs[1], 1, "ValueError: boom")
+    assert lifecycle.cancel_run(runs[2], 1, "cancelled at iteration 3")
+    expected = [
+        (Run.Status.SUCCEEDED, ""),
+        (Run.Status.FAILED, "ValueError: boom"),
+        (Run.Status.CANCELLED, "cancelled at iteration 3"),
+    ]
+    for run, (status, reason) in zip(runs, expected, strict=True):
+        run.refresh_from_db()
+        assert (run.status, run.status_reason) == (status, reason)
+        assert run.finished_at is not None
+        attempt = RunAttempt.objects.get(run=run)
+        assert (attempt.outcome, attempt.reason) == (status, reason)
+        assert attempt.ended_at is not None
+    assert runs[0].test_accuracy == 0.9
+
+
+def test_it_marks_a_run_with_a_stale_heartbeat_lost_with_a_reason(queued_run, limits):
+    run = _claim(queued_run)
+    Run.objects.filter(pk=run.pk).update(iteration=40, checkpoint_iteration=30)
+    _go_stale(run, 75)
+    assert lifecycle.mark_stale_runs_lost() == [run.pk]
+    run.refresh_from_db()
+    assert run.status == Run.Status.LOST
+    assert "no heartbeat for 75 s (limit 60 s)" in run.status_reason
+    assert "w1" in run.status_reason and "iteration 30" in run.status_reason
+    assert RunAttempt.objects.get(run=run).outcome == lifecycle.OUTCOME_LOST
+
+
+def test_it_leaves_a_run_with_a_recent_heartbeat_alone(queued_run, limits):
+    run = _claim(queued_run)
+    _go_stale(run, 30)
+    assert lifecycle.mark_stale_runs_lost() == []
+    assert Run.objects.get(pk=run.pk).status == Run.Status.RUNNING
+
+
+def test_it_judges_a_run_that_never_beat_by_its_start(queued_run, limits):
+    run = _claim(queued_run)
+    now = timezone.now()
+    Run.objects.filter(pk=run.pk).update(heartbeat_at=None, started_at=now - timedelta(seconds=61))
+    assert lifecycle.mark_stale_runs_lost(now) == [run.pk]
+
+
+def test_it_uses_the_time_it_is_given(queued_run, limits):
+    run = _claim(queued_run)
+    later = timezone.now() + timedelta(seconds=61)
+    assert lifecycle.mark_stale_runs_lost(later) == [run.pk]
+
+
+def test_a_lost_run_is_requeued_for_another_worker(queued_run, limits):
+    run = _claim(queued_run)
+    Run.objects.filter(pk=run.pk).update(dispatched_at=timezone.now())
+    _go_stale(run)
+    result = lifecycle.supervise()
+    assert result["lost"] == [run.pk] and result["queued"] == [run.pk]
+    run.refresh_from_db()
+    assert run.status == Run.Status.QUEUED
+    assert run.dispatched_at is None  # so the dispatcher sends it again
+    assert run.status_reason.startswith("requeued after loss 1 of 2")
+    assert lifecycle.claim_run(run.pk, worker="w2", device="").attempts == 2
+
+
+def test_a_run_lost_max_attempts_times_fails_with_the_reason(queued_run, limits):
+    run = queued_run
+    for worker in ("w1", "w2"):
+        run = _claim(run, worker)
+        _go_stale(run)
+        lifecycle.supervise()
+    run.refresh_from_db()
+    assert run.status == Run.Status.FAILED
+    assert run.status_reason.startswith("lost 2 times (RUN_MAX_ATTEMPTS=2)")
+    assert "w2" in run.status_reason
+    assert run.finished_at is not None
+
+
+def test_a_lost_run_with_a_cancel_request_ends_cancelled(queued_run, limits):
+    run = services.request_cancel(_claim(queued_run))
+    _go_stale(run)
+    result = lifecycle.supervise()
+    assert result["cancelled"] == [run.pk]
+    assert Run.objects.get(pk=run.pk).status == Run.Status.CANCELLED
+
+
+def test_a_release_goes_back_to_the_queue_without_using_an_attempt(queued_run, limits):
+    run = _claim(queued_run)
+    assert lifecycle.release_run(run, 1, "worker shut down at iteration 7; resumes")
+    assert run.status == Run.Status.QUEUED and run.worker == "" and run.dispatched_at is None
+    assert RunAttempt.objects.get(run=run).outcome == lifecycle.OUTCOME_RELEASED
+    assert lifecycle.lost_attempts(run) == 0
+    # Released twice and lost once: still below RUN_MAX_ATTEMPTS=2 losses, so requeued.
+    run = _claim(run)
+    lifecycle.release_run(run, 2)
+    run = _claim(run)
+    _go_stale(run)
+    assert lifecycle.supervise()["queued"] == [run.pk]
+
+
+def test_an_attempt_that_lost_its_claim_changes_nothing(queued_run, limits):
+    first = _claim(queued_run, "w1")
+    _go_stale(first)
+    lifecycle.supervise()
+    second = _claim(first, "w2")
+    assert not lifecycle.complete_run(first, 1, test_accuracy=1.0)
+    assert not lifecycle.fail_run(first, 1, "late")
+    assert not lifecycle.release_run(first, 1)
+    run = Run.objects.get(pk=second.pk)
+    assert (run.status, run.worker, run.attempts, run.test_accuracy) == (
+        Run.Status.RUNNING,
+        "w2",
+        2,
+        None,
+    )
+
+
+def test_a_release_of_a_run_whose_cancel_was_requested_cancels_it(queued_run):
+    run = services.request_cancel(_claim(queued_run))
+    assert not lifecycle.release_run(run, 1, "worker shut down at iteration 3; resumes")
+    run.refresh_from_db()
+    assert run.status == Run.Status.CANCELLED
+    assert "worker shut down at iteration 3" in run.status_reason
+    assert RunAttempt.objects.get(run=run).outcome == Run.Status.CANCELLED

@@ -1,0 +1,140 @@
+"""train_run called in this process (no worker, no eager mode): the whole path from a queued
+run to a finished one, on the real database, with real (tiny) training and real files."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.files.storage import default_storage
+from safetensors.torch import load_file
+
+import metatrain
+from webapp.experiments import services, workers
+from webapp.experiments.models import Evaluation, MetricPoint, Run, RunAttempt
+from webapp.experiments.reporter import DbReporter
+from webapp.experiments.tasks import run_dir, train_run
+
+# Committed transactions, as in a worker: the reporter's keep-alive thread has its own
+# database connection and must see the claimed run.
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("one_torch_thread", "work_dirs", "broker_down"),
+]
+
+
+@pytest.fixture
+def sine_run(owner, tiny_sine) -> Run:
+    experiment = services.create_experiment(owner, name="sine", config=tiny_sine, seeds=[3])
+    return experiment.runs.get()
+
+
+def _steps(run: Run, name: str) -> list[int]:
+    return list(
+        MetricPoint.objects.filter(run=run, name=name)
+        .order_by("step")
+        .values_list("step", flat=True)
+    )
+
+
+@pytest.mark.slow
+def test_it_trains_a_queued_run_to_succeeded_with_metrics_evaluation_and_files(sine_run):
+    assert train_run(sine_run.pk) == Run.Status.SUCCEEDED
+
+    run = Run.objects.get(pk=sine_run.pk)
+    assert run.status == Run.Status.SUCCEEDED, run.status_reason
+    assert (run.iteration, run.total_iterations, run.checkpoint_iteration) == (20, 20, 20)
+    assert run.attempts == 1 and run.finished_at is not None
+    assert run.device.startswith("CPU (")
+    assert run.seconds_per_iteration > 0
+
+    assert _steps(run, "inner_loss") == list(range(1, 21))
+    assert _steps(run, "meta_step_size") == list(range(1, 21))
+    assert _steps(run, "validation_loss_after") == [10, 20]  # sine: losses, no accuracy
+
+    final = Evaluation.objects.get(run=run, extra__final=True)
+    assert (final.split, final.tasks, final.iteration) == ("test", 6, 20)
+    assert final.extra["loss_before"] > 0 and final.extra["loss_after"] > 0
+    assert run.test_tasks == 6 and run.test_ci95 == final.ci95
+    assert run.test_accuracy is None  # regression has no accuracy
+
+    attempt = RunAttempt.objects.get(run=run)
+    assert (attempt.outcome, attempt.start_iteration) == (Run.Status.SUCCEEDED, 0)
+
+    assert run.initialization.name == f"runs/{run.pk}/initialization.safetensors"
+    assert run.config_file.name == f"runs/{run.pk}/config.json"
+    tensors = load_file(default_storage.path(run.initialization.name))
+    model = metatrain.load_initialization(default_storage.path(run.initialization.name))
+    assert set(tensors) == set(model.state_dict())
+    with default_storage.open(run.config_file.name) as fh:
+        assert b'"sine_mlp"' in fh.read()
+
+
+@pytest.mark.slow
+def test_a_second_call_for_the_same_run_does_nothing(sine_run):
+    train_run(sine_run.pk)
+    before = Run.objects.get(pk=sine_run.pk)
+    points = MetricPoint.objects.filter(run=before).count()
+
+    assert train_run(sine_run.pk) == "not-claimed"
+    after = Run.objects.get(pk=sine_run.pk)
+    assert (after.status, after.attempts, after.finished_at) == (
+        Run.Status.SUCCEEDED,
+        1,
+        before.finished_at,
+    )
+    assert MetricPoint.objects.filter(run=after).count() == points
+    assert Evaluation.objects.filter(run=after, split="test").count() == 1
+
+
+def test_a_missing_or_cancelled_run_is_not_trained(sine_run, settings):
+    assert train_run(10**9) == "not-claimed"
+    services.request_cancel(sine_run)
+    assert train_run(sine_run.pk) == "not-claimed"
+    assert Run.objects.get(pk=sine_run.pk).status == Run.Status.CANCELLED
+    assert not run_dir(sine_run).exists()
+
+
+def test_a_run_that_raises_fails_with_the_error_and_its_traceback(owner, tmp_path, monkeypatch):
+    """A worker whose machine lacks the data: the library raises DataError naming the path."""
+    monkeypatch.setenv("METATRAIN_DATA", str(tmp_path / "nothing-here"))
+    config = {"dataset": "omniglot", "meta_iters": 2, "validation_interval": 0}
+    run = services.create_experiment(owner, name="bad", config=config, seeds=[0]).runs.get()
+
+    assert train_run(run.pk) == Run.Status.FAILED
+    run.refresh_from_db()
+    assert run.status == Run.Status.FAILED
+    assert run.status_reason.startswith("DataError: ")
+    assert "nothing-here" in run.status_reason
+    assert "Traceback (most recent call last)" in run.status_reason
+    assert RunAttempt.objects.get(run=run).outcome == Run.Status.FAILED
+    assert run.finished_at is not None
+
+
+@pytest.mark.slow
+def test_a_run_stopped_by_shutdown_goes_back_to_the_queue_and_resumes(sine_run, monkeypatch):
+    """SIGTERM's path without a worker: the shutdown flag rises after iteration 7; the run
+    checkpoints there and is released; the next call resumes from 7 and writes each step
+    exactly once."""
+    original = DbReporter.on_iteration
+
+    def on_iteration(self, iteration, metrics):
+        original(self, iteration, metrics)
+        if iteration == 7 and self.attempt == 1:
+            workers.set_shutting_down(True)
+
+    monkeypatch.setattr(DbReporter, "on_iteration", on_iteration)
+    try:
+        assert train_run(sine_run.pk) == Run.Status.QUEUED
+    finally:
+        workers.set_shutting_down(False)
+    run = Run.objects.get(pk=sine_run.pk)
+    assert (run.status, run.checkpoint_iteration, run.worker) == (Run.Status.QUEUED, 7, "")
+    assert "worker shut down at iteration 7" in run.status_reason
+    assert _steps(run, "inner_loss") == list(range(1, 8))
+    assert (run_dir(run) / "checkpoint.pt").exists()
+
+    assert train_run(sine_run.pk) == Run.Status.SUCCEEDED
+    run.refresh_from_db()
+    assert run.status == Run.Status.SUCCEEDED and run.attempts == 2
+    assert _steps(run, "inner_loss") == list(range(1, 21))
+    attempts = list(RunAttempt.objects.filter(run=run).values_list("outcome", "start_iteration"))
+    assert attempts == [("released", 0), (Run.Status.SUCCEEDED, 7)]

@@ -3,11 +3,11 @@ import json
 import math
 from collections import OrderedDict
 
-import torch
 from safetensors.torch import load_file
 from torch import nn
 
-meta = json.load(open("config.json"))
+with open("config.json") as f:
+    meta = json.load(f)
 arch = meta["architecture"]
 weights = load_file("initialization.safetensors")
 

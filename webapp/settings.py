@@ -259,6 +259,9 @@ CELERY_BEAT_SCHEDULE: dict = {}  # set in webapp/celery.py (dispatcher, lost run
 RUN_HEARTBEAT_SECONDS = env_int("RUN_HEARTBEAT_SECONDS", 5)
 RUN_LOST_AFTER_SECONDS = env_int("RUN_LOST_AFTER_SECONDS", 90)
 RUN_MAX_ATTEMPTS = env_int("RUN_MAX_ATTEMPTS", 3)
+# torch intra-op threads of a CPU training process (0: torch's default). Run one worker
+# process per core instead: on this network's small batches threads scale poorly.
+WORKER_TORCH_THREADS = env_int("WORKER_TORCH_THREADS", 1)
 # One attempt's longest training time: the run checkpoints and fails with a reason after it
 # (Celery's hard limit, a few minutes later, is only a backstop for a hung process).
 RUN_TIME_LIMIT_SECONDS = env_int("RUN_TIME_LIMIT_SECONDS", 48 * 3600)

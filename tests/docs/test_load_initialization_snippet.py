@@ -35,3 +35,8 @@ def test_the_snippet_rebuilds_the_same_network(tmp_path, monkeypatch, preset_nam
     x = torch.rand(input_shape, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(standalone(x), reference(x))
     assert set(standalone.state_dict()) == set(reference.state_dict())
+
+
+def test_the_readme_shows_the_tested_snippet():
+    readme = (SNIPPET.parents[1] / "README.md").read_text()
+    assert SNIPPET.read_text() in readme

@@ -17,6 +17,7 @@ import logging
 import traceback
 from pathlib import Path
 
+import torch
 from celery import shared_task
 from django.conf import settings
 from django.db import transaction
@@ -84,6 +85,10 @@ def _train_claimed(run: Run, attempt: int, hostname: str) -> str:
     try:
         device_name = workers.describe_device()
         device = workers.training_device()
+        if device == "cpu" and settings.WORKER_TORCH_THREADS:
+            # Small batches: two intra-op threads collapse when another process shares the
+            # cores (measured 10x slower here); scale with more worker processes instead.
+            torch.set_num_threads(settings.WORKER_TORCH_THREADS)
         lifecycle.record_device(run, attempt, device_name)
         workers.set_current_run(hostname, run.pk, device=device_name)
 

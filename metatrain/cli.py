@@ -458,10 +458,6 @@ def cmd_bench(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     from . import bench
 
     _check_device(args.device)
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
 
     def log(text: str) -> None:
         err.write(text + "\n")
@@ -513,6 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config field; VALUE is JSON if it parses (1e-3, true), else a string",
     )
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
+    p.add_argument(
+        "--threads", type=_positive, metavar="N", help="torch intra-op threads (default: torch's)"
+    )
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="the run folder")
 
     p = sub.add_parser(
@@ -535,6 +534,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_non_negative, metavar="S", help="seed of the tasks")
     p.add_argument("--split", choices=("test", "validation"), default="test")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
+    p.add_argument(
+        "--threads", type=_positive, metavar="N", help="torch intra-op threads (default: torch's)"
+    )
 
     p = sub.add_parser(
         "bench",
@@ -585,6 +587,10 @@ def main(
         except SystemExit as exc:  # --help, or argparse's own exits
             return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
         prog = f"{PROG} {args.command}"
+        if getattr(args, "threads", None):
+            import torch
+
+            torch.set_num_threads(args.threads)
         if args.command == "presets":
             return cmd_presets(args, out, err)
         if args.command == "train":

@@ -397,3 +397,23 @@ def test_python_m_metatrain_stops_cleanly_on_sigint(tmp_path):
     assert "Resume with: python -m metatrain train" in err
     assert "Traceback" not in err
     assert int(load_checkpoint(run_dir / "checkpoint.pt")["iteration"]) >= 1
+
+
+def test_threads_sets_torch_intra_op_threads_for_train_and_evaluate():
+    import torch
+
+    from metatrain import cli
+
+    parser = cli.build_parser()
+    for command in (["train", "--preset", "sine", "--out", "x"], ["evaluate", "x"]):
+        assert parser.parse_args([*command, "--threads", "1"]).threads == 1
+    before = torch.get_num_threads()
+    try:
+        cli.main(
+            ["evaluate", "/nonexistent-run-dir", "--threads", "1"],
+            out=io.StringIO(),
+            err=io.StringIO(),
+        )
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -41,5 +41,11 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m metatrain bench
 
+## make chaos N=5: SIGKILL training workers at random moments against a throwaway database and
+## Redis; reports detection time, recovery and metric integrity (exit 1 if a run was not recovered).
+N ?= 3
+chaos: $(STAMP)
+	$(PY) manage.py chaos --cycles $(N)
+
 clean:
 	rm -rf $(VENV) var staticfiles .pytest_cache

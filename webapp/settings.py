@@ -259,6 +259,11 @@ CELERY_BEAT_SCHEDULE: dict = {}  # set in webapp/celery.py (dispatcher, lost run
 RUN_HEARTBEAT_SECONDS = env_int("RUN_HEARTBEAT_SECONDS", 5)
 RUN_LOST_AFTER_SECONDS = env_int("RUN_LOST_AFTER_SECONDS", 90)
 RUN_MAX_ATTEMPTS = env_int("RUN_MAX_ATTEMPTS", 3)
+# A queued run whose message was sent this long ago and is still not claimed is sent again by
+# the dispatcher (the message was lost: Redis restarted without persistence, or was flushed).
+# Longer than a message may wait for a free worker is not needed: a duplicate is harmless (a
+# worker must win the claim), it only costs a wasted delivery.
+RUN_REDISPATCH_AFTER_SECONDS = env_int("RUN_REDISPATCH_AFTER_SECONDS", 10 * 60)
 # torch intra-op threads of a CPU training process (0: torch's default). Run one worker
 # process per core instead: on this network's small batches threads scale poorly.
 WORKER_TORCH_THREADS = env_int("WORKER_TORCH_THREADS", 1)

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Iterable
 from datetime import timedelta
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -58,9 +59,12 @@ def enqueue_on_commit(runs: Iterable[Run]) -> None:
     transaction.on_commit(_send)
 
 
-def dispatch_pending_runs(resend_after: timedelta = timedelta(minutes=10)) -> int:
-    """Send every queued run never dispatched, or dispatched long ago without being claimed
-    (the message was lost, e.g. Redis restarted). Returns how many were sent."""
+def dispatch_pending_runs(resend_after: timedelta | None = None) -> int:
+    """Send every queued run never dispatched, or dispatched more than `resend_after` ago
+    (default RUN_REDISPATCH_AFTER_SECONDS) without being claimed: the message was lost, e.g.
+    Redis restarted empty. Returns how many were sent."""
+    if resend_after is None:
+        resend_after = timedelta(seconds=settings.RUN_REDISPATCH_AFTER_SECONDS)
     cutoff = timezone.now() - resend_after
     pending = Run.objects.filter(status=Run.Status.QUEUED, cancel_requested=False).filter(
         dispatched_at__isnull=True

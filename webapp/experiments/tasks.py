@@ -83,12 +83,12 @@ def _train_claimed(run: Run, attempt: int, hostname: str) -> str:
 
     reporter = DbReporter(run, attempt, time_limit_seconds=settings.RUN_TIME_LIMIT_SECONDS)
     try:
-        device_name = workers.describe_device()
         device = workers.training_device()
         if device == "cpu" and settings.WORKER_TORCH_THREADS:
             # Small batches: two intra-op threads collapse when another process shares the
             # cores (measured 10x slower here); scale with more worker processes instead.
             torch.set_num_threads(settings.WORKER_TORCH_THREADS)
+        device_name = workers.describe_device()  # after the thread count it reports
         lifecycle.record_device(run, attempt, device_name)
         workers.set_current_run(hostname, run.pk, device=device_name)
 

@@ -89,7 +89,8 @@ def describe_device(*, init_cuda: bool = True) -> str:
         gpu = _nvidia_smi()
         if gpu:
             return gpu
-    return f"CPU ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"CPU ({threads} thread{'s' if threads != 1 else ''})"
 
 
 def training_device() -> str:

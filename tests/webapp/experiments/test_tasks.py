@@ -138,3 +138,14 @@ def test_a_run_stopped_by_shutdown_goes_back_to_the_queue_and_resumes(sine_run, 
     assert _steps(run, "inner_loss") == list(range(1, 21))
     attempts = list(RunAttempt.objects.filter(run=run).values_list("outcome", "start_iteration"))
     assert attempts == [("released", 0), (Run.Status.SUCCEEDED, 7)]
+
+
+def test_a_cpu_run_trains_with_the_configured_number_of_torch_threads(sine_run, settings):
+    import torch
+
+    settings.WORKER_TORCH_THREADS = 1
+    torch.set_num_threads(2)
+    assert train_run(sine_run.pk) == Run.Status.SUCCEEDED
+    sine_run.refresh_from_db()
+    assert torch.get_num_threads() == 1
+    assert sine_run.device == "CPU (1 thread)"

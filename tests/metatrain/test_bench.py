@@ -22,16 +22,6 @@ from metatrain.models import build_model
 DATA = Path(os.environ.get("METATRAIN_DATA") or Path(__file__).resolve().parents[3] / "shared/data")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a shared machine two threads spinning on busy cores made these
-    tests 10x slower (measured); results do not depend on the thread count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def synthetic_splits(classes: int = 10, per_class: int = 20, size: int = 8) -> ClassSplits:
     g = np.random.default_rng(5)
     protos = g.random((classes, 1, 1, size, size)) > 0.5

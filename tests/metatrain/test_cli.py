@@ -27,16 +27,6 @@ SINE = ["--preset", "sine", "--set", "checkpoint_interval=2", "--set", "validati
 SINE += ["--set", "validation_tasks=2"]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a shared machine two threads spinning on busy cores made these
-    tests 10x slower (measured); results do not depend on the thread count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def run(*argv: str) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     code = cli.main(list(argv), out=out, err=err)
@@ -408,6 +398,7 @@ def test_threads_sets_torch_intra_op_threads_for_train_and_evaluate():
     for command in (["train", "--preset", "sine", "--out", "x"], ["evaluate", "x"]):
         assert parser.parse_args([*command, "--threads", "1"]).threads == 1
     before = torch.get_num_threads()
+    torch.set_num_threads(2)
     try:
         cli.main(
             ["evaluate", "/nonexistent-run-dir", "--threads", "1"],

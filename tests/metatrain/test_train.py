@@ -21,16 +21,6 @@ from metatrain.data import ClassSplits, TensorClassDataset, omniglot_available
 train_module = importlib.import_module("metatrain.train")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The test machine's two cores are shared: one torch thread avoids oversubscription
-    stalls (a 0.2 s test took 6 s with two threads under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def synthetic_splits(train: int = 12, test: int = 8, per_class: int = 20, size: int = 8):
     g = np.random.default_rng(321)
     n = train + test

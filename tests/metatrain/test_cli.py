@@ -257,16 +257,22 @@ class _CtrlCAt(cli._TrainReporter):
 
 def test_ctrl_c_checkpoints_exits_130_and_a_rerun_resumes(tmp_path, monkeypatch):
     interrupted, straight = tmp_path / "interrupted", tmp_path / "straight"
-    with monkeypatch.context() as m:
-        m.setattr(cli, "_TrainReporter", _CtrlCAt)
-        code, out, err = train_sine(interrupted, 7)
+    # A process started in the background inherits SIGINT ignored: start from Python's default.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(cli, "_TrainReporter", _CtrlCAt)
+            code, out, err = train_sine(interrupted, 7)
+        restored = signal.getsignal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     assert code == 130
     assert out == ""
     assert "interrupted at iteration 3/7" in err
     assert "Resume with: python -m metatrain train --preset sine" in err
     assert int(load_checkpoint(interrupted / "checkpoint.pt")["iteration"]) == 3
     assert not (interrupted / "initialization.safetensors").exists()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert restored is signal.default_int_handler  # the CLI put the handler back
 
     code, _, err = train_sine(interrupted, 7)
     assert code == 0, err

@@ -210,6 +210,26 @@ class Evaluation(models.Model):
     class Meta:
         ordering = ["run", "iteration", "id"]
 
+    @classmethod
+    def create_from_result(
+        cls, run: Run, result, *, iteration: int, split: str, extra: dict
+    ) -> Evaluation:
+        """Store a metatrain EvalResult (validation during training or the final test)."""
+        return cls.objects.create(
+            run=run,
+            split=split,
+            iteration=iteration,
+            accuracy=result.accuracy,
+            ci95=result.ci95,
+            tasks=result.tasks,
+            ways=result.ways,
+            shots=result.shots,
+            queries=result.queries,
+            transductive=bool(result.transductive),
+            ci_method=result.ci_method or "",
+            extra=extra,
+        )
+
 
 class Worker(models.Model):
     """A Celery worker process as it last reported itself (written by worker signals)."""

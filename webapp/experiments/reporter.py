@@ -140,19 +140,8 @@ class DbReporter(Reporter):
         }
         split = result.split or "validation"
         self._db(
-            lambda: Evaluation.objects.create(
-                run=self.run,
-                split=split,
-                iteration=iteration,
-                accuracy=result.accuracy,
-                ci95=result.ci95,
-                tasks=result.tasks,
-                ways=result.ways,
-                shots=result.shots,
-                queries=result.queries,
-                transductive=bool(result.transductive),
-                ci_method=result.ci_method or "",
-                extra=_json_safe(extra),
+            lambda: Evaluation.create_from_result(
+                self.run, result, iteration=iteration, split=split, extra=_json_safe(extra)
             )
         )
         for name in ("accuracy", "ci95", "loss_before", "loss_after"):

@@ -111,18 +111,11 @@ def _train_claimed(run: Run, attempt: int, hostname: str) -> str:
             return _stopped(run, attempt, reporter.stop_reason, result.iterations_done)
         store_artifacts(run, out_dir)
         with transaction.atomic():
-            Evaluation.objects.create(
-                run=run,
-                split=evaluation.split,
+            Evaluation.create_from_result(
+                run,
+                evaluation,
                 iteration=result.iterations_done,
-                accuracy=evaluation.accuracy,
-                ci95=evaluation.ci95,
-                tasks=evaluation.tasks,
-                ways=evaluation.ways,
-                shots=evaluation.shots,
-                queries=evaluation.queries,
-                transductive=bool(evaluation.transductive),
-                ci_method=evaluation.ci_method or "",
+                split=evaluation.split,
                 extra={"final": True, **_final_extra(evaluation)},
             )
             done = lifecycle.complete_run(

@@ -109,3 +109,28 @@ def make_run(db):
         )
 
     return make
+
+
+@pytest.fixture
+def make_ready_dataset(db, settings, tmp_path):
+    """An uploaded dataset as the worker leaves it once validated: ready, private, 8/5/6
+    classes of at least 10 images (no folder needed: services trust the recorded counts)."""
+    from webapp.datasets.models import UserDataset
+
+    settings.DATASETS_ROOT = tmp_path / "datasets"
+
+    def make(owner, **fields) -> UserDataset:
+        values = {
+            "name": "birds",
+            "status": UserDataset.Status.READY,
+            "layout": "splits",
+            "train_classes": 8,
+            "val_classes": 5,
+            "test_classes": 6,
+            "images": 200,
+            "min_class_images": 10,
+            **fields,
+        }
+        return UserDataset.objects.create(owner=owner, **values)
+
+    return make

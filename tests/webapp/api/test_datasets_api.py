@@ -32,25 +32,6 @@ def datasets_root(settings, tmp_path):
     settings.DATASETS_ROOT = tmp_path / "datasets"
 
 
-@pytest.fixture
-def make_dataset(db):
-    def make(owner, **fields) -> UserDataset:
-        values = {
-            "name": "birds",
-            "status": UserDataset.Status.READY,
-            "layout": "splits",
-            "train_classes": 8,
-            "val_classes": 5,
-            "test_classes": 6,
-            "images": 200,
-            "min_class_images": 10,
-            **fields,
-        }
-        return UserDataset.objects.create(owner=owner, **values)
-
-    return make
-
-
 def errors(response) -> dict[str, str]:
     assert response.status_code == 422, response.content
     return {e["field"]: e["message"] for e in response.json()["detail"]}
@@ -59,12 +40,14 @@ def errors(response) -> dict[str, str]:
 # --- GET /api/datasets ------------------------------------------------------------------------
 
 
-def test_the_list_holds_the_ready_datasets_the_caller_may_use(api, owner, stranger, make_dataset):
-    mine = make_dataset(owner, name="mine")
-    make_dataset(owner, name="mine-pending", status=UserDataset.Status.PENDING)
-    shared = make_dataset(stranger, name="shared", is_public=True)
-    make_dataset(stranger, name="their-private")
-    make_dataset(stranger, name="their-public-pending", is_public=True, status="pending")
+def test_the_list_holds_the_ready_datasets_the_caller_may_use(
+    api, owner, stranger, make_ready_dataset
+):
+    mine = make_ready_dataset(owner, name="mine")
+    make_ready_dataset(owner, name="mine-pending", status=UserDataset.Status.PENDING)
+    shared = make_ready_dataset(stranger, name="shared", is_public=True)
+    make_ready_dataset(stranger, name="their-private")
+    make_ready_dataset(stranger, name="their-public-pending", is_public=True, status="pending")
 
     response = api.get(URL)
 
@@ -80,17 +63,17 @@ def test_the_list_holds_the_ready_datasets_the_caller_may_use(api, owner, strang
     assert {d["id"]: d for d in body["items"]}[shared.pk]["can_change"] is False
 
 
-def test_staff_list_every_ready_dataset(staff_api, owner, make_dataset):
-    private = make_dataset(owner)
-    make_dataset(owner, status=UserDataset.Status.REJECTED)
+def test_staff_list_every_ready_dataset(staff_api, owner, make_ready_dataset):
+    private = make_ready_dataset(owner)
+    make_ready_dataset(owner, status=UserDataset.Status.REJECTED)
 
     body = staff_api.get(URL).json()
 
     assert [d["id"] for d in body["items"]] == [private.pk]
 
 
-def test_the_list_pages_with_limit_and_offset(api, owner, make_dataset):
-    ids = [make_dataset(owner, name=f"d{i}").pk for i in range(3)]
+def test_the_list_pages_with_limit_and_offset(api, owner, make_ready_dataset):
+    ids = [make_ready_dataset(owner, name=f"d{i}").pk for i in range(3)]
 
     body = api.get(URL, {"limit": 1, "offset": 1}).json()
 
@@ -106,8 +89,8 @@ def test_out_of_range_paging_is_a_422(api, query):
 # --- GET /api/datasets/{id} -------------------------------------------------------------------
 
 
-def test_the_owner_sees_their_dataset_in_any_state(api, owner, make_dataset):
-    dataset = make_dataset(owner, status=UserDataset.Status.REJECTED, reason="no images")
+def test_the_owner_sees_their_dataset_in_any_state(api, owner, make_ready_dataset):
+    dataset = make_ready_dataset(owner, status=UserDataset.Status.REJECTED, reason="no images")
 
     response = api.get(f"{URL}/{dataset.pk}")
 
@@ -117,8 +100,8 @@ def test_the_owner_sees_their_dataset_in_any_state(api, owner, make_dataset):
     assert body["reason"] == "no images"
 
 
-def test_a_public_ready_dataset_is_visible_to_others(stranger_api, owner, make_dataset):
-    dataset = make_dataset(owner, is_public=True)
+def test_a_public_ready_dataset_is_visible_to_others(stranger_api, owner, make_ready_dataset):
+    dataset = make_ready_dataset(owner, is_public=True)
 
     response = stranger_api.get(f"{URL}/{dataset.pk}")
 
@@ -130,9 +113,9 @@ def test_a_public_ready_dataset_is_visible_to_others(stranger_api, owner, make_d
     "fields", [{}, {"is_public": True, "status": "pending"}], ids=["private", "public-pending"]
 )
 def test_anothers_hidden_dataset_is_404_like_a_missing_one(
-    stranger_api, owner, make_dataset, fields
+    stranger_api, owner, make_ready_dataset, fields
 ):
-    dataset = make_dataset(owner, **fields)
+    dataset = make_ready_dataset(owner, **fields)
 
     hidden = stranger_api.get(f"{URL}/{dataset.pk}")
     missing = stranger_api.get(f"{URL}/{dataset.pk + 1000}")
@@ -149,8 +132,8 @@ def test_an_invalid_id_is_a_422_naming_it(api, raw):
 # --- POST /api/experiments with user_dataset --------------------------------------------------
 
 
-def test_an_experiment_trains_on_a_usable_dataset(post_json, api, owner, make_dataset):
-    dataset = make_dataset(owner)
+def test_an_experiment_trains_on_a_usable_dataset(post_json, api, owner, make_ready_dataset):
+    dataset = make_ready_dataset(owner)
 
     response = post_json(api, EXPERIMENTS, {**ON_UPLOAD, "user_dataset": dataset.pk})
 
@@ -163,8 +146,8 @@ def test_an_experiment_trains_on_a_usable_dataset(post_json, api, owner, make_da
     assert run["config"]["data_dir"] == str(dataset_folder(dataset.pk))
 
 
-def test_a_public_dataset_of_another_user_may_be_used(post_json, api, stranger, make_dataset):
-    dataset = make_dataset(stranger, is_public=True)
+def test_a_public_dataset_of_another_user_may_be_used(post_json, api, stranger, make_ready_dataset):
+    dataset = make_ready_dataset(stranger, is_public=True)
 
     response = post_json(api, EXPERIMENTS, {**ON_UPLOAD, "user_dataset": dataset.pk})
 
@@ -189,9 +172,9 @@ def test_without_user_dataset_it_is_null(post_json, api):
     ids=["private", "public-unready", "own-pending", "own-rejected"],
 )
 def test_a_dataset_the_caller_may_not_use_is_a_422_on_user_dataset(
-    post_json, api, owner, stranger, make_dataset, whose, fields
+    post_json, api, owner, stranger, make_ready_dataset, whose, fields
 ):
-    dataset = make_dataset(owner if whose == "owner" else stranger, **fields)
+    dataset = make_ready_dataset(owner if whose == "owner" else stranger, **fields)
 
     response = post_json(api, EXPERIMENTS, {**ON_UPLOAD, "user_dataset": dataset.pk})
 
@@ -201,9 +184,9 @@ def test_a_dataset_the_caller_may_not_use_is_a_422_on_user_dataset(
 
 @pytest.mark.parametrize("bad", ["1", 1.0, True, 0, -3, 2**63])
 def test_a_user_dataset_that_is_not_a_positive_integer_is_refused(
-    post_json, api, owner, make_dataset, bad
+    post_json, api, owner, make_ready_dataset, bad
 ):
-    make_dataset(owner)  # id 1 exists
+    make_ready_dataset(owner)  # id 1 exists
 
     response = post_json(api, EXPERIMENTS, {**ON_UPLOAD, "user_dataset": bad})
 
@@ -221,9 +204,9 @@ def test_a_user_dataset_that_is_not_a_positive_integer_is_refused(
     ],
 )
 def test_a_config_the_dataset_cannot_serve_names_the_override(
-    post_json, api, owner, make_dataset, overrides, field
+    post_json, api, owner, make_ready_dataset, overrides, field
 ):
-    dataset = make_dataset(owner)
+    dataset = make_ready_dataset(owner)
     payload = {
         **ON_UPLOAD,
         "overrides": {**ON_UPLOAD["overrides"], **overrides},
@@ -236,8 +219,8 @@ def test_a_config_the_dataset_cannot_serve_names_the_override(
     assert not Experiment.objects.exists()
 
 
-def test_a_typed_data_dir_is_still_refused(post_json, api, owner, make_dataset):
-    dataset = make_dataset(owner)
+def test_a_typed_data_dir_is_still_refused(post_json, api, owner, make_ready_dataset):
+    dataset = make_ready_dataset(owner)
     payload = {
         **ON_UPLOAD,
         "overrides": {**ON_UPLOAD["overrides"], "data_dir": str(dataset_folder(dataset.pk))},
@@ -248,8 +231,8 @@ def test_a_typed_data_dir_is_still_refused(post_json, api, owner, make_dataset):
     assert list(errors(response)) == ["overrides.data_dir"]
 
 
-def test_the_experiment_list_reports_the_dataset(post_json, api, owner, make_dataset):
-    dataset = make_dataset(owner)
+def test_the_experiment_list_reports_the_dataset(post_json, api, owner, make_ready_dataset):
+    dataset = make_ready_dataset(owner)
     post_json(api, EXPERIMENTS, {**ON_UPLOAD, "user_dataset": dataset.pk})
 
     items = api.get(EXPERIMENTS).json()["items"]

@@ -20,24 +20,6 @@ def datasets_root(settings, tmp_path):
     settings.DATASETS_ROOT = tmp_path / "datasets"
 
 
-@pytest.fixture
-def make_dataset(db):
-    def make(owner, **fields) -> UserDataset:
-        values = {
-            "name": "birds",
-            "status": UserDataset.Status.READY,
-            "train_classes": 8,
-            "val_classes": 5,
-            "test_classes": 6,
-            "images": 200,
-            "min_class_images": 10,
-            **fields,
-        }
-        return UserDataset.objects.create(owner=owner, **values)
-
-    return make
-
-
 def form_data(**overrides) -> dict:
     """A valid imagefolder submission (no data needed on disk to validate it)."""
     data = {
@@ -74,13 +56,13 @@ def choice_ids(form: ExperimentForm) -> set[int]:
 
 
 def test_the_select_offers_only_datasets_the_user_may_train_on(
-    client, owner, stranger, make_dataset
+    client, owner, stranger, make_ready_dataset
 ):
-    mine = make_dataset(owner, name="mine")
-    make_dataset(owner, name="mine-pending", status=UserDataset.Status.PENDING)
-    shared = make_dataset(stranger, name="shared", is_public=True)
-    make_dataset(stranger, name="their-private")
-    make_dataset(stranger, name="their-public-rejected", is_public=True, status="rejected")
+    mine = make_ready_dataset(owner, name="mine")
+    make_ready_dataset(owner, name="mine-pending", status=UserDataset.Status.PENDING)
+    shared = make_ready_dataset(stranger, name="shared", is_public=True)
+    make_ready_dataset(stranger, name="their-private")
+    make_ready_dataset(stranger, name="their-public-rejected", is_public=True, status="rejected")
     client.force_login(owner)
 
     response = client.get(NEW)
@@ -107,8 +89,8 @@ def test_the_select_sits_next_to_the_dataset_field(client, owner):
     assert form.fields["user_dataset"].help_text.startswith("For dataset imagefolder")
 
 
-def test_a_form_without_a_user_offers_no_dataset(owner, make_dataset):
-    make_dataset(owner, is_public=True)
+def test_a_form_without_a_user_offers_no_dataset(owner, make_ready_dataset):
+    make_ready_dataset(owner, is_public=True)
 
     assert choice_ids(ExperimentForm()) == set()
 
@@ -117,9 +99,9 @@ def test_a_form_without_a_user_offers_no_dataset(owner, make_dataset):
 
 
 def test_choosing_a_ready_dataset_saves_it_and_gives_the_runs_its_folder(
-    client, owner, make_dataset
+    client, owner, make_ready_dataset
 ):
-    dataset = make_dataset(owner)
+    dataset = make_ready_dataset(owner)
     client.force_login(owner)
 
     response = client.post(NEW, form_data(user_dataset=str(dataset.pk), seeds="1, 2"))
@@ -132,8 +114,10 @@ def test_choosing_a_ready_dataset_saves_it_and_gives_the_runs_its_folder(
     }
 
 
-def test_someone_elses_private_dataset_is_not_a_valid_choice(client, owner, stranger, make_dataset):
-    private = make_dataset(stranger)
+def test_someone_elses_private_dataset_is_not_a_valid_choice(
+    client, owner, stranger, make_ready_dataset
+):
+    private = make_ready_dataset(stranger)
     client.force_login(owner)
 
     response = client.post(NEW, form_data(user_dataset=str(private.pk)))
@@ -144,8 +128,8 @@ def test_someone_elses_private_dataset_is_not_a_valid_choice(client, owner, stra
 
 
 @pytest.mark.parametrize("value", ["abc", "-1", "0", "9" * 30, "1.5", "\x00"])
-def test_a_nonsense_dataset_value_is_a_field_error(client, owner, make_dataset, value):
-    make_dataset(owner)
+def test_a_nonsense_dataset_value_is_a_field_error(client, owner, make_ready_dataset, value):
+    make_ready_dataset(owner)
     client.force_login(owner)
 
     response = client.post(NEW, form_data(user_dataset=value))
@@ -155,8 +139,10 @@ def test_a_nonsense_dataset_value_is_a_field_error(client, owner, make_dataset, 
     assert not Experiment.objects.exists()
 
 
-def test_a_dataset_with_another_dataset_kind_is_an_error_on_dataset(client, owner, make_dataset):
-    dataset = make_dataset(owner)
+def test_a_dataset_with_another_dataset_kind_is_an_error_on_dataset(
+    client, owner, make_ready_dataset
+):
+    dataset = make_ready_dataset(owner)
     client.force_login(owner)
 
     response = client.post(
@@ -177,9 +163,9 @@ def test_a_dataset_with_another_dataset_kind_is_an_error_on_dataset(client, owne
     ],
 )
 def test_a_task_the_dataset_cannot_serve_is_an_error_on_its_field(
-    client, owner, make_dataset, overrides, field
+    client, owner, make_ready_dataset, overrides, field
 ):
-    dataset = make_dataset(owner)
+    dataset = make_ready_dataset(owner)
     client.force_login(owner)
 
     response = client.post(NEW, form_data(user_dataset=str(dataset.pk), **overrides))
@@ -202,11 +188,11 @@ def test_without_a_dataset_imagefolder_uses_the_servers_default(client, owner):
 
 
 def test_a_refusal_at_save_time_lands_on_the_dataset_field(
-    client, owner, make_dataset, monkeypatch
+    client, owner, make_ready_dataset, monkeypatch
 ):
     """The dataset can change between the form's check and the save (deleted, made private):
     the service's refusal is shown on the select, not as a crash."""
-    dataset = make_dataset(owner)
+    dataset = make_ready_dataset(owner)
 
     def refuse(*args, **kwargs):
         raise services.ServiceError("No longer usable.", field="user_dataset")
@@ -223,8 +209,8 @@ def test_a_refusal_at_save_time_lands_on_the_dataset_field(
 # --- clone ------------------------------------------------------------------------------------
 
 
-def test_clone_carries_the_dataset(client, owner, make_dataset):
-    dataset = make_dataset(owner)
+def test_clone_carries_the_dataset(client, owner, make_ready_dataset):
+    dataset = make_ready_dataset(owner)
     source = services.create_experiment(
         owner,
         name="src",
@@ -252,8 +238,8 @@ def test_clone_carries_the_dataset(client, owner, make_dataset):
     assert copy.runs.get().config["data_dir"] == str(dataset_folder(dataset.pk))
 
 
-def test_cloning_onto_a_dataset_you_cannot_use_warns(client, owner, stranger, make_dataset):
-    dataset = make_dataset(owner)  # private: the stranger may not train on it
+def test_cloning_onto_a_dataset_you_cannot_use_warns(client, owner, stranger, make_ready_dataset):
+    dataset = make_ready_dataset(owner)  # private: the stranger may not train on it
     source = services.create_experiment(
         owner,
         name="src",
@@ -274,9 +260,9 @@ def test_cloning_onto_a_dataset_you_cannot_use_warns(client, owner, stranger, ma
 
 
 @pytest.fixture
-def experiment_on(owner, make_dataset):
+def experiment_on(owner, make_ready_dataset):
     def make(**dataset_fields) -> Experiment:
-        dataset = make_dataset(owner, name="birds-of-paradise", **dataset_fields)
+        dataset = make_ready_dataset(owner, name="birds-of-paradise", **dataset_fields)
         return services.create_experiment(
             owner,
             name="on birds",

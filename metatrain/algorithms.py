@@ -30,7 +30,7 @@ meta-batch (measured before each step's update); ``inner_accuracy`` likewise.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -39,10 +39,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import Config
-from .data import mini_batches
+from .cuda_graphs import GraphedSteps, graphs_supported
+from .data import batch_order, batches_in_order
 
 __all__ = [
     "ADAM_EPS",
+    "task_batch_orders",
+    "task_update",
     "Learner",
     "Reptile",
     "FOMAML",
@@ -107,23 +110,40 @@ class Learner:
         lr: float = 1e-3,
         beta2: float = 0.999,
         keep_state: bool = True,
+        cuda_graphs: bool = True,
     ) -> None:
         self.model = model
         self.params: list[nn.Parameter] = [p for p in model.parameters() if p.requires_grad]
         self.classification = classification
         self.optimizer_name = optimizer
+        # CUDA graphs (see metatrain.cuda_graphs) need Adam's step count on the GPU.
+        use_graphs = cuda_graphs and graphs_supported(self.params, optimizer)
+        self._capturable = use_graphs
         if optimizer == "adam":
             self.optimizer: torch.optim.Optimizer = torch.optim.Adam(
-                self.params, lr=lr, betas=(0.0, beta2), eps=ADAM_EPS, foreach=True
+                self.params,
+                lr=lr,
+                betas=(0.0, beta2),
+                eps=ADAM_EPS,
+                foreach=True,
+                capturable=use_graphs,
             )
         elif optimizer == "sgd":
             self.optimizer = torch.optim.SGD(self.params, lr=lr, foreach=True)
         else:
             raise ValueError(f"unknown inner optimizer {optimizer!r}")
         self.keep_state = keep_state and optimizer == "adam"
+        self.graphs = (
+            GraphedSteps(model, self.params, self.optimizer, self.loss) if use_graphs else None
+        )
+
+    @property
+    def uses_cuda_graphs(self) -> bool:
+        """Whether inner steps replay CUDA graphs (False after a failed capture)."""
+        return self.graphs is not None and self.graphs.failed is None
 
     @classmethod
-    def from_config(cls, model: nn.Module, config: Config) -> Learner:
+    def from_config(cls, model: nn.Module, config: Config, cuda_graphs: bool = True) -> Learner:
         return cls(
             model,
             classification=config.is_classification,
@@ -131,6 +151,7 @@ class Learner:
             lr=config.inner_lr,
             beta2=config.adam_beta2,
             keep_state=config.keep_adam_state,
+            cuda_graphs=cuda_graphs,
         )
 
     # --- inner loop --------------------------------------------------------------------
@@ -143,11 +164,15 @@ class Learner:
 
     def step(self, x: torch.Tensor, y: torch.Tensor, stats: _Stats | None = None) -> None:
         """One optimizer step on the batch (x, y)."""
-        out = self.model(x)
-        loss = self.loss(out, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        replayed = self.graphs.step(x, y) if self.graphs is not None else None
+        if replayed is not None:
+            out, loss = replayed  # the graph's buffers: used below before the next step
+        else:
+            out = self.model(x)
+            loss = self.loss(out, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
         if stats is not None:
             with torch.no_grad():
                 n = len(y)
@@ -166,13 +191,44 @@ class Learner:
         stats: _Stats | None = None,
     ) -> None:
         """``num_batches`` steps on the paper's mini-batches (without replacement) of (x, y)."""
-        for xb, yb in mini_batches(x, y, batch_size, num_batches, rng):
+        self.adapt_order(x, y, batch_order(len(x), batch_size, num_batches, rng), stats)
+
+    def adapt_order(
+        self, x: torch.Tensor, y: torch.Tensor, order: np.ndarray, stats: _Stats | None = None
+    ) -> None:
+        """One step per row of ``order`` (example indices drawn by ``batch_order``)."""
+        for xb, yb in batches_in_order(x, y, order):
             self.step(xb, yb, stats)
 
     def begin_task(self) -> None:
         """Forget the optimizer's moments unless they are meant to persist across tasks."""
         if not self.keep_state:
-            self.optimizer.state.clear()
+            self.reset_optimizer_state()
+
+    def reset_optimizer_state(self) -> None:
+        """A fresh optimizer. With CUDA graphs in place (step 0 and zero moments are what a
+        fresh Adam starts from), so the graphs' addresses stay valid."""
+        if self.graphs is not None:
+            tensors = [v for s in self.optimizer.state.values() for v in s.values()]
+            if tensors and all(torch.is_tensor(v) for v in tensors):
+                with torch.no_grad():
+                    torch._foreach_zero_(tensors)
+                return
+            self.graphs.invalidate()
+        self.optimizer.state.clear()
+
+    def load_optimizer_state(self, state_dict: dict[str, Any]) -> None:
+        """Load a saved optimizer state (a checkpoint's), whichever device saved it.
+
+        ``capturable`` is a property of this learner, not of the saved run: a run trained with
+        CUDA graphs can be resumed or evaluated on the CPU and the other way round.
+        """
+        self.optimizer.load_state_dict(state_dict)
+        for group in self.optimizer.param_groups:
+            if "capturable" in group:
+                group["capturable"] = self._capturable
+        if self.graphs is not None:
+            self.graphs.invalidate()
 
     # --- weights -----------------------------------------------------------------------
 
@@ -214,19 +270,69 @@ class Learner:
                 with torch.no_grad():
                     torch._foreach_copy_(dst, src)
             return
+        if not snapshot:
+            self.reset_optimizer_state()
+            return
+        if self.graphs is not None:
+            self.graphs.invalidate()
         state.clear()
         for p, s in snapshot.items():
             state[p] = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in s.items()}
 
 
+def task_batch_orders(config: Config, task: TaskTensors, rng: np.random.Generator) -> np.ndarray:
+    """The inner-loop mini-batches of one training task, drawn from ``rng`` (FOMAML's last
+    step, on the tail batch, is not drawn)."""
+    steps = config.inner_iters - 1 if config.algorithm == "fomaml" else config.inner_iters
+    return batch_order(len(task[0]), config.inner_batch, steps, rng)
+
+
+def task_update(
+    learner: Learner,
+    config: Config,
+    task: TaskTensors,
+    order: np.ndarray,
+    stats: Any,
+    scratch: list[torch.Tensor],
+) -> list[torch.Tensor]:
+    """Train ``learner`` on one task from its current weights; the task's share of the update.
+
+    Reptile: the adapted weights phi_i (the learner's own tensors: read them before the
+    weights are reset). FOMAML: the last inner step's change u_i = phi_i - phi_i', computed
+    into ``scratch``. ``stats``: anything with ``_Stats.add``'s signature, told of every inner
+    step. Shared by the serial loop and the task workers of ``metatrain.parallel``,
+    so both compute the same numbers.
+    """
+    params = learner.params
+    if config.algorithm != "fomaml":
+        learner.adapt_order(task[0], task[1], order, stats)
+        return [p.detach() for p in params]
+    learner.adapt_order(task[0], task[1], order, stats)
+    with torch.no_grad():
+        torch._foreach_copy_(scratch, [p.detach() for p in params])
+    learner.step(task[2], task[3], stats)
+    with torch.no_grad():
+        torch._foreach_sub_(scratch, [p.detach() for p in params])
+        torch._foreach_neg_(scratch)
+    return scratch
+
+
 class _MetaAlgorithm:
-    """Shared plumbing: buffers for the meta-weights and the update, allocated once."""
+    """Shared plumbing: buffers for the meta-weights and the update, allocated once.
+
+    With a ``pool`` (``metatrain.parallel.TaskPool``) the meta-batch's tasks are trained side by
+    side in worker processes; that is only exact when tasks do not share the inner optimizer's
+    state, so the pool is refused when the learner keeps Adam's moments across tasks. Tasks
+    and their mini-batches are drawn here in the serial order and the shares are summed in
+    task order, so the result is bit-identical to the serial loop.
+    """
 
     def __init__(self, learner: Learner, config: Config) -> None:
         self.learner = learner
         self.config = config
         self._theta = learner.copy_params()
         self._acc = [torch.zeros_like(t) for t in self._theta]
+        self._scratch = [torch.zeros_like(t) for t in self._theta]
 
     def step(
         self,
@@ -234,6 +340,7 @@ class _MetaAlgorithm:
         step_size: float,
         rng: np.random.Generator,
         tick: Callable[[], None] | None = None,
+        pool: Any = None,
     ) -> dict[str, float]:
         """One outer step over ``meta_batch`` tasks drawn from ``sample_task``."""
         learner = self.learner
@@ -243,19 +350,40 @@ class _MetaAlgorithm:
             torch._foreach_zero_(self._acc)
         stats = _Stats()
         n = self.config.meta_batch
-        for _ in range(n):
-            task = sample_task()
-            learner.begin_task()
-            self._task(task, rng, stats)
-            learner.load_params(self._theta)
-            if tick is not None:
-                tick()
+        if pool is not None:
+            if learner.keep_state:
+                raise ValueError(
+                    "tasks that share Adam's moments (keep_adam_state) cannot run side by side"
+                )
+
+            def jobs() -> Iterator[tuple[TaskTensors, np.ndarray]]:
+                # Drawn as the pool asks for them, in the serial loop's order.
+                for _ in range(n):
+                    task = sample_task()
+                    yield task, task_batch_orders(self.config, task, rng)
+
+            pool.set_weights(self._theta)
+            for share, steps in pool.train_tasks(jobs(), self._acc):
+                for mean_loss, correct, examples in steps:
+                    stats.add(mean_loss, correct, examples)
+                with torch.no_grad():
+                    torch._foreach_add_(self._acc, share)
+                if tick is not None:
+                    tick()
+        else:
+            for _ in range(n):
+                task = sample_task()
+                order = task_batch_orders(self.config, task, rng)
+                learner.begin_task()
+                share = task_update(learner, self.config, task, order, stats, self._scratch)
+                with torch.no_grad():
+                    torch._foreach_add_(self._acc, share)
+                learner.load_params(self._theta)
+                if tick is not None:
+                    tick()
         with torch.no_grad():
             self._apply(params, step_size, n)
         return stats.summary(learner.classification)
-
-    def _task(self, task: TaskTensors, rng: np.random.Generator, stats: _Stats) -> None:
-        raise NotImplementedError
 
     def _apply(self, params: list[nn.Parameter], step_size: float, n: int) -> None:
         raise NotImplementedError
@@ -263,13 +391,6 @@ class _MetaAlgorithm:
 
 class Reptile(_MetaAlgorithm):
     """theta <- theta + eps * (mean_i phi_i - theta)."""
-
-    def _task(self, task: TaskTensors, rng: np.random.Generator, stats: _Stats) -> None:
-        cfg = self.config
-        x, y = task[0], task[1]
-        self.learner.adapt(x, y, cfg.inner_batch, cfg.inner_iters, rng, stats)
-        with torch.no_grad():
-            torch._foreach_add_(self._acc, [p.detach() for p in self.learner.params])
 
     def _apply(self, params: list[nn.Parameter], step_size: float, n: int) -> None:
         # params hold theta again; acc = sum_i phi_i  ->  mean_i phi_i - theta
@@ -280,22 +401,6 @@ class Reptile(_MetaAlgorithm):
 
 class FOMAML(_MetaAlgorithm):
     """theta <- theta + eps * mean_i (last inner step's update, taken on the tail batch)."""
-
-    def __init__(self, learner: Learner, config: Config) -> None:
-        super().__init__(learner, config)
-        self._before = [torch.zeros_like(t) for t in self._theta]
-
-    def _task(self, task: TaskTensors, rng: np.random.Generator, stats: _Stats) -> None:
-        cfg = self.config
-        x, y, tail_x, tail_y = task
-        learner = self.learner
-        learner.adapt(x, y, cfg.inner_batch, cfg.inner_iters - 1, rng, stats)
-        with torch.no_grad():
-            torch._foreach_copy_(self._before, [p.detach() for p in learner.params])
-        learner.step(tail_x, tail_y, stats)
-        with torch.no_grad():
-            torch._foreach_add_(self._acc, [p.detach() for p in learner.params])
-            torch._foreach_sub_(self._acc, self._before)
 
     def _apply(self, params: list[nn.Parameter], step_size: float, n: int) -> None:
         torch._foreach_add_(params, self._acc, alpha=step_size / n)

@@ -82,6 +82,37 @@ _positive = _int_at_least(1, "a positive integer")
 _non_negative = _int_at_least(0, "a non-negative integer")
 
 
+WORKERS_ENV_VAR = "METATRAIN_WORKERS"
+
+
+def _workers(text: str) -> int | str:
+    """``auto`` or a positive integer (``--workers``)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'auto' or a positive integer, got {text!r}"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive integer, got {value}")
+    return value
+
+
+def _default_workers() -> int | str:
+    """``$METATRAIN_WORKERS`` if set (checked like the option), else ``auto``."""
+    import os
+
+    text = os.environ.get(WORKERS_ENV_VAR, "").strip()
+    if not text:
+        return "auto"
+    try:
+        return _workers(text)
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"${WORKERS_ENV_VAR}: {exc}") from None
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -324,7 +355,14 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str], out: IO[str], err: 
 
     try:
         with _sigint_sets(flag):
-            result = train(config, run_dir, reporter=reporter, device=args.device)
+            result = train(
+                config,
+                run_dir,
+                reporter=reporter,
+                device=args.device,
+                workers=args.workers,
+                cuda_graphs=not args.no_cuda_graphs,
+            )
     except (DataError, ConfigError, CheckpointMismatchError):
         if not existed:  # do not leave an empty folder behind a failed start
             with contextlib.suppress(OSError):
@@ -432,6 +470,8 @@ def cmd_evaluate(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
             seed=args.seed,
             reporter=progress,
             device=args.device,
+            workers=args.workers,
+            cuda_graphs=not args.no_cuda_graphs,
         )
     progress.finish(result.tasks)
     if result.stopped:
@@ -469,6 +509,7 @@ def cmd_bench(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         seconds=args.seconds,
         rounds=args.rounds,
         device=args.device,
+        workers=args.workers,
         log=log,
     )
     if args.json:
@@ -479,6 +520,13 @@ def cmd_bench(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
 
 # --- parser and entry point -------------------------------------------------------------------
+
+
+WORKERS_HELP = (
+    "processes that run independent tasks side by side on the CPU, one torch thread each: "
+    "'auto' (one per usable core) or N; default $METATRAIN_WORKERS or auto. Same results "
+    "as one; ignored on a GPU. Training tasks only qualify without keep_adam_state"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -512,6 +560,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threads", type=_positive, metavar="N", help="torch intra-op threads (default: torch's)"
     )
+    p.add_argument("--workers", type=_workers, metavar="N|auto", help=WORKERS_HELP)
+    p.add_argument(
+        "--no-cuda-graphs",
+        action="store_true",
+        help="on a GPU, launch each inner step's kernels one by one instead of replaying a "
+        "captured CUDA graph (slower; for debugging)",
+    )
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="the run folder")
 
     p = sub.add_parser(
@@ -536,6 +591,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
     p.add_argument(
         "--threads", type=_positive, metavar="N", help="torch intra-op threads (default: torch's)"
+    )
+    p.add_argument("--workers", type=_workers, metavar="N|auto", help=WORKERS_HELP)
+    p.add_argument(
+        "--no-cuda-graphs",
+        action="store_true",
+        help="on a GPU, launch each inner step's kernels one by one instead of replaying a "
+        "captured CUDA graph (slower; for debugging)",
     )
 
     p = sub.add_parser(
@@ -568,6 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threads", type=_positive, metavar="N", help="torch intra-op threads (default: torch's)"
     )
+    p.add_argument("--workers", type=_workers, metavar="N|auto", help=WORKERS_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
@@ -587,6 +650,8 @@ def main(
         except SystemExit as exc:  # --help, or argparse's own exits
             return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
         prog = f"{PROG} {args.command}"
+        if hasattr(args, "workers") and args.workers is None:
+            args.workers = _default_workers()
         if getattr(args, "threads", None):
             import torch
 

@@ -22,10 +22,11 @@ adaptation; ``accuracy`` is None and ``ci95`` is the interval of ``loss_after``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -47,13 +48,14 @@ from .checkpoint import (
     read_document,
 )
 from .config import Config, ConfigError, validate_against_data
-from .data import SineTaskSampler, TaskSampler, load_class_splits
+from .data import SineTaskSampler, TaskSampler, batch_order, load_class_splits
 from .models import build_from_architecture
+from .parallel import TaskPool, resolve_workers
 from .reporting import Heartbeat, Reporter
 from .runtime import prepare_model, resolve_device, to_device
 from .stats import CI_METHOD, mean_ci95
 
-__all__ = ["EvalResult", "evaluate", "run_evaluation", "SPLITS"]
+__all__ = ["EvalResult", "evaluate", "evaluate_task", "run_evaluation", "SPLITS"]
 
 SPLITS = ("train", "validation", "test")
 # Non-transductive evaluation: images per grouped forward pass (see _predict_each).
@@ -154,6 +156,39 @@ def _predict_each(model: nn.Module, support_x: torch.Tensor, query_x: torch.Tens
     return torch.cat(outs)
 
 
+def evaluate_task(
+    learner: Learner,
+    config: Config,
+    task: Any,
+    order: np.ndarray,
+    transductive: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Adapt ``learner`` (at the meta-weights, its optimizer at the task's starting state) to
+    one task on the mini-batches ``order``; (score, loss before adaptation or None).
+
+    Classification: score = the fraction of queries classified correctly. Sine: score = the
+    mean squared error on the query grid after adaptation, and the one before is returned too.
+    Shared by the serial loop and the task workers of ``metatrain.parallel``.
+    """
+    model = learner.model
+    support_x, support_y, query_x, query_y = task[:4]
+    before = None
+    if not learner.classification:
+        with torch.no_grad():
+            before = F.mse_loss(model(query_x), query_y)
+    learner.adapt_order(support_x, support_y, order)
+    with torch.no_grad():
+        if not learner.classification:
+            return F.mse_loss(model(query_x), query_y), before
+        logits = model(query_x) if transductive else _predict_each(model, support_x, query_x)
+        pred = logits[:, : config.ways].argmax(1)
+        return (pred == query_y).float().mean(), None
+
+
+def _task_order(config: Config, task: Any, rng: np.random.Generator) -> np.ndarray:
+    return batch_order(len(task[0]), config.eval_inner_batch, config.eval_inner_iters, rng)
+
+
 def run_evaluation(
     learner: Learner,
     config: Config,
@@ -166,15 +201,16 @@ def run_evaluation(
     reporter: Reporter | None = None,
     heartbeat: Heartbeat | None = None,
     optimizer_state: str = "fresh",
+    pool: TaskPool | None = None,
 ) -> EvalResult:
     """Evaluate ``learner``'s current weights on ``num_tasks`` tasks from ``sample_task``.
 
     ``sample_task()`` returns a task whose tensors are already on the learner's device.
     The learner's weights and optimizer state are exactly as before when this returns.
+    With a ``pool`` the tasks run in its worker processes, with the same results.
     """
     reporter = reporter or Reporter()
     heartbeat = heartbeat or Heartbeat(reporter)
-    model = learner.model
     classification = learner.classification
     ways = config.ways
     t0 = time.perf_counter()
@@ -183,40 +219,44 @@ def run_evaluation(
     scores: list[torch.Tensor] = []
     before: list[torch.Tensor] = []
     stopped = False
-    try:
-        for _ in range(num_tasks):
-            if reporter.should_stop():
-                stopped = True
-                break
-            task = sample_task()
-            learner.begin_task()
-            if not classification:
-                with torch.no_grad():
-                    before.append(F.mse_loss(model(task.query_x), task.query_y))
-            learner.adapt(
-                task.support_x,
-                task.support_y,
-                config.eval_inner_batch,
-                config.eval_inner_iters,
-                rng,
-            )
-            with torch.no_grad():
-                if not classification:
-                    scores.append(F.mse_loss(model(task.query_x), task.query_y))
-                else:
-                    if transductive:
-                        logits = model(task.query_x)
-                    else:
-                        logits = _predict_each(model, task.support_x, task.query_x)
-                    pred = logits[:, :ways].argmax(1)
-                    scores.append((pred == task.query_y).float().mean())
-            learner.load_params(theta)
-            if learner.keep_state:
-                learner.optimizer_restore(opt_snapshot)
+    if pool is not None:
+        pool.set_weights(theta)
+        pool.set_optimizer_state(learner.optimizer.state_dict() if learner.keep_state else None)
+
+        def jobs() -> Iterator[tuple[Any, np.ndarray]]:
+            nonlocal stopped
+            for _ in range(num_tasks):
+                if reporter.should_stop():
+                    stopped = True
+                    return
+                task = sample_task()
+                yield task, _task_order(config, task, rng)
+
+        for score, loss_before in pool.evaluate_tasks(jobs(), transductive):
+            scores.append(score)
+            if loss_before is not None:
+                before.append(loss_before)
             heartbeat.beat()
-    finally:
-        learner.load_params(theta)
-        learner.optimizer_restore(opt_snapshot)
+    else:
+        try:
+            for _ in range(num_tasks):
+                if reporter.should_stop():
+                    stopped = True
+                    break
+                task = sample_task()
+                order = _task_order(config, task, rng)
+                learner.begin_task()
+                score, loss_before = evaluate_task(learner, config, task, order, transductive)
+                scores.append(score)
+                if loss_before is not None:
+                    before.append(loss_before)
+                learner.load_params(theta)
+                if learner.keep_state:
+                    learner.optimizer_restore(opt_snapshot)
+                heartbeat.beat()
+        finally:
+            learner.load_params(theta)
+            learner.optimizer_restore(opt_snapshot)
 
     values = torch.stack(scores).tolist() if scores else []
     mean, ci = mean_ci95(values) if values else (float("nan"), None)
@@ -328,6 +368,8 @@ def evaluate(
     seed: int | None = None,
     reporter: Reporter | None = None,
     device: str | torch.device | None = None,
+    workers: int | str | None = 1,
+    cuda_graphs: bool = True,
 ) -> EvalResult:
     """Evaluate a trained initialization on few-shot tasks of ``split``.
 
@@ -337,7 +379,9 @@ def evaluate(
     module itself is not modified). Unspecified values come from the config; ``tasks``
     defaults to ``final_eval_tasks``. Tasks depend only on (seed, split): the same call gives
     the same tasks. ``ways`` may be smaller than the network's output size (the extra outputs
-    are ignored when predicting).
+    are ignored when predicting). ``workers``: processes that evaluate tasks side by side on
+    the CPU (``"auto"``: one per usable core; ignored on a GPU); the result is the same.
+    ``cuda_graphs``: on a GPU, replay each inner step from a CUDA graph.
     """
     if split not in SPLITS:
         raise ConfigError("split", f"must be one of {', '.join(SPLITS)}; got {split!r}")
@@ -364,21 +408,25 @@ def evaluate(
         validate_against_data(cfg, splits)
     dev = resolve_device(device)
     channels_last = prepare_model(model, dev)
-    learner = Learner.from_config(model, cfg)
+    learner = Learner.from_config(model, cfg, cuda_graphs=cuda_graphs)
     state_name = "fresh"
     if opt_state is not None and learner.keep_state:
-        learner.optimizer.load_state_dict(opt_state)
+        learner.load_optimizer_state(opt_state)
         state_name = "training"
     rng = seeding.eval_rng(cfg.seed, split)
     sample = task_source(cfg, split, rng, dev, channels_last, splits)
-    return run_evaluation(
-        learner,
-        cfg,
-        sample,
-        cfg.final_eval_tasks,
-        rng,
-        split=split,
-        transductive=cfg.transductive,
-        reporter=reporter,
-        optimizer_state=state_name,
-    )
+    count = min(resolve_workers(workers, dev), cfg.final_eval_tasks)
+    with contextlib.ExitStack() as stack:
+        pool = stack.enter_context(TaskPool(model, cfg, count)) if count > 1 else None
+        return run_evaluation(
+            learner,
+            cfg,
+            sample,
+            cfg.final_eval_tasks,
+            rng,
+            split=split,
+            transductive=cfg.transductive,
+            reporter=reporter,
+            optimizer_state=state_name,
+            pool=pool,
+        )

@@ -51,6 +51,7 @@ from .config import Config, validate_against_data
 from .data import SineTaskSampler, TaskSampler, load_class_splits
 from .evaluate import EvalResult, run_evaluation, task_source
 from .models import build_model
+from .parallel import TaskPool, resolve_workers
 from .reporting import Heartbeat, Reporter
 from .runtime import prepare_model, resolve_device, to_device
 
@@ -138,8 +139,17 @@ def train(
     out_dir: str | os.PathLike[str],
     reporter: Reporter | None = None,
     device: str | torch.device | None = None,
+    workers: int | str | None = 1,
+    cuda_graphs: bool = True,
 ) -> TrainResult:
-    """Meta-train per ``config`` into ``out_dir`` (resuming if it holds a checkpoint)."""
+    """Meta-train per ``config`` into ``out_dir`` (resuming if it holds a checkpoint).
+
+    ``workers``: processes that run independent tasks side by side on the CPU (``"auto"``: one
+    per usable core; ignored on a GPU), with the same results (``metatrain.parallel``).
+    Validation tasks are always independent; a meta-batch's training tasks only when each
+    starts from a fresh inner optimizer (not with ``keep_adam_state``, the paper's setting).
+    ``cuda_graphs``: on a GPU, replay each inner step from a CUDA graph (``metatrain.cuda_graphs``).
+    """
     if not isinstance(config, Config):
         config = Config.from_dict(config)
     reporter = reporter or Reporter()
@@ -164,12 +174,12 @@ def train(
     torch_gen = seeding.init_generator(config.seed)
     model = build_model(config, generator=torch_gen)
     channels_last = prepare_model(model, dev)
-    learner = Learner.from_config(model, config)
+    learner = Learner.from_config(model, config, cuda_graphs=cuda_graphs)
     rng = seeding.train_rng(config.seed)
     start = 0
     if ckpt is not None:
         model.load_state_dict(ckpt["model"], strict=True)
-        learner.optimizer.load_state_dict(ckpt["optimizer"])
+        learner.load_optimizer_state(ckpt["optimizer"])
         seeding.set_numpy_state(rng, ckpt["numpy_rng"])
         if ckpt["torch_rng"].numel():
             torch_gen.set_state(ckpt["torch_rng"])
@@ -209,57 +219,69 @@ def train(
             reporter=reporter,
             heartbeat=heartbeat,
             optimizer_state="training",
+            pool=pool,
         )
 
-    reporter.on_start(
-        {
-            "start_iteration": start,
-            "total_iterations": total,
-            "device": str(dev),
-            "config": config.to_dict(),
-        }
-    )
-    iteration = start
-    last_checkpoint = start
-    stopped = False
-    with open(metrics_path, "a", encoding="utf-8") as metrics_file:
-        while iteration < total:
-            if reporter.should_stop():
-                stopped = True
-                break
-            iteration += 1
-            t0 = time.perf_counter()
-            step_size = meta_step_size(config, iteration)
-            metrics: dict[str, float] = algorithm.step(
-                sample_task, step_size, rng, tick=heartbeat.beat
-            )
-            metrics["meta_step_size"] = step_size
-            metrics["seconds"] = time.perf_counter() - t0
-            metrics_file.write(json.dumps({"iteration": iteration, **metrics}) + "\n")
-            metrics_file.flush()
-            reporter.on_iteration(iteration, metrics)
-
-            if config.validation_interval and iteration % config.validation_interval == 0:
-                result = validate()
-                if result.stopped:
+    count = resolve_workers(workers, dev)
+    pool = TaskPool(model, config, count) if count > 1 else None
+    # A meta-batch's tasks share Adam's moments under keep_adam_state: they stay serial.
+    train_pool = pool if not learner.keep_state else None
+    try:
+        reporter.on_start(
+            {
+                "start_iteration": start,
+                "total_iterations": total,
+                "device": str(dev),
+                "task_workers": count,
+                "cuda_graphs": learner.graphs is not None,
+                "parallel_training_tasks": train_pool is not None,
+                "config": config.to_dict(),
+            }
+        )
+        iteration = start
+        last_checkpoint = start
+        stopped = False
+        with open(metrics_path, "a", encoding="utf-8") as metrics_file:
+            while iteration < total:
+                if reporter.should_stop():
                     stopped = True
                     break
-                metrics_file.write(
-                    json.dumps({"iteration": iteration, "validation": result.to_dict()}) + "\n"
+                iteration += 1
+                t0 = time.perf_counter()
+                step_size = meta_step_size(config, iteration)
+                metrics: dict[str, float] = algorithm.step(
+                    sample_task, step_size, rng, tick=heartbeat.beat, pool=train_pool
                 )
+                metrics["meta_step_size"] = step_size
+                metrics["seconds"] = time.perf_counter() - t0
+                metrics_file.write(json.dumps({"iteration": iteration, **metrics}) + "\n")
                 metrics_file.flush()
-                reporter.on_validation(iteration, result)
+                reporter.on_iteration(iteration, metrics)
 
-            if iteration % config.checkpoint_interval == 0 or iteration == total:
+                if config.validation_interval and iteration % config.validation_interval == 0:
+                    result = validate()
+                    if result.stopped:
+                        stopped = True
+                        break
+                    metrics_file.write(
+                        json.dumps({"iteration": iteration, "validation": result.to_dict()}) + "\n"
+                    )
+                    metrics_file.flush()
+                    reporter.on_validation(iteration, result)
+
+                if iteration % config.checkpoint_interval == 0 or iteration == total:
+                    checkpoint(iteration)
+                    last_checkpoint = iteration
+                heartbeat.beat()
+
+        if stopped:
+            if last_checkpoint != iteration:
                 checkpoint(iteration)
-                last_checkpoint = iteration
-            heartbeat.beat()
-
-    if stopped:
-        if last_checkpoint != iteration:
-            checkpoint(iteration)
-    else:
-        save_initialization(model, config, out)
+        else:
+            save_initialization(model, config, out)
+    finally:
+        if pool is not None:
+            pool.close()
     result = TrainResult(
         iterations_done=iteration, total_iterations=total, stopped=stopped, out_dir=str(out)
     )

@@ -10,7 +10,7 @@ from .imagefolder import ImageFolderDataset, load_imagefolder_splits
 from .loading import load_class_splits
 from .omniglot import OmniglotData, load_omniglot, omniglot_available, omniglot_splits
 from .sine import SineTask, SineTaskSampler
-from .tasks import Task, TaskSampler, mini_batches
+from .tasks import Task, TaskSampler, batch_order, batches_in_order, mini_batches
 
 __all__ = [
     "ClassDataset",
@@ -24,6 +24,8 @@ __all__ = [
     "Task",
     "TaskSampler",
     "TensorClassDataset",
+    "batch_order",
+    "batches_in_order",
     "load_class_splits",
     "load_imagefolder_splits",
     "load_omniglot",

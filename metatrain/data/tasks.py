@@ -110,6 +110,46 @@ class TaskSampler:
             yield self.sample()
 
 
+def batch_order(
+    n: int,
+    batch_size: int,
+    num_batches: int,
+    rng: np.random.Generator,
+    replacement: bool = False,
+) -> np.ndarray:
+    """The example indices of ``num_batches`` mini-batches: an int64 (num_batches, batch_size)
+    array, drawn exactly as the paper's ``_mini_batches`` (see ``mini_batches``).
+
+    Kept apart from the batches themselves so that the indices can be drawn in one process and
+    the batches trained in another (``metatrain.parallel``) with the same random stream.
+    """
+    if batch_size < 1 or num_batches < 0:
+        raise ValueError(
+            f"need batch_size >= 1 and num_batches >= 0, got {batch_size}, {num_batches}"
+        )
+    if num_batches and n == 0:
+        raise ValueError("cannot draw batches from zero examples")
+    if replacement and num_batches and batch_size > n:
+        raise ValueError(f"batch_size {batch_size} > {n} examples with replacement=True")
+    if num_batches == 0:
+        return np.empty((0, batch_size), dtype=np.int64)
+    if replacement:
+        return np.stack([rng.choice(n, size=batch_size, replace=False) for _ in range(num_batches)])
+    total = batch_size * num_batches
+    epochs = -(-total // n)
+    order = np.concatenate([rng.permutation(n) for _ in range(epochs)])[:total]
+    return order.reshape(num_batches, batch_size)
+
+
+def batches_in_order(
+    x: torch.Tensor, y: torch.Tensor, order: np.ndarray
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The mini-batches of (x, y) whose indices ``batch_order`` drew, one per row of ``order``."""
+    order_t = torch.from_numpy(np.asarray(order, dtype=np.int64)).to(x.device)
+    order_y = order_t if y.device == x.device else order_t.to(y.device)
+    return ((x[order_t[b]], y[order_y[b]]) for b in range(order_t.shape[0]))
+
+
 def mini_batches(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -128,25 +168,6 @@ def mini_batches(
     n = len(x)
     if len(y) != n:
         raise ValueError(f"x has {n} examples but y has {len(y)}")
-    if batch_size < 1 or num_batches < 0:
-        raise ValueError(
-            f"need batch_size >= 1 and num_batches >= 0, got {batch_size}, {num_batches}"
-        )
-    if num_batches and n == 0:
-        raise ValueError("cannot draw batches from zero examples")
-    if replacement and num_batches and batch_size > n:
-        raise ValueError(f"batch_size {batch_size} > {n} examples with replacement=True")
     # Draw every index now: arguments are checked eagerly and the rng is consumed at call time.
-    if num_batches == 0:
-        order = np.empty((0, batch_size), dtype=np.int64)
-    elif replacement:
-        order = np.stack(
-            [rng.choice(n, size=batch_size, replace=False) for _ in range(num_batches)]
-        )
-    else:
-        total = batch_size * num_batches
-        epochs = -(-total // n)
-        order = np.concatenate([rng.permutation(n) for _ in range(epochs)])[:total]
-    order_t = torch.from_numpy(order.reshape(num_batches, batch_size)).to(x.device)
-    order_y = order_t if y.device == x.device else order_t.to(y.device)
-    return ((x[order_t[b]], y[order_y[b]]) for b in range(num_batches))
+    order = batch_order(n, batch_size, num_batches, rng, replacement)
+    return batches_in_order(x, y, order)

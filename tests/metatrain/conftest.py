@@ -16,3 +16,10 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def one_task_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's default is a task worker per core; two extra interpreters per command would
+    double these tests' time. tests/metatrain/test_parallel.py asks for workers explicitly."""
+    monkeypatch.setenv("METATRAIN_WORKERS", "1")

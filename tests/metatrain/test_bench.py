@@ -118,20 +118,29 @@ def test_a_tiny_bench_reports_both_sides_and_their_ratio(monkeypatch):
     monkeypatch.setenv("METATRAIN_DATA", str(DATA))
     out, err = io.StringIO(), io.StringIO()
     argv = ["bench", "--iterations", "2", "--eval-tasks", "2", "--rounds", "2", "--json"]
-    argv += ["--threads", "1"]
+    argv += ["--threads", "1", "--workers", "2"]
     assert cli.main(argv, out=out, err=err) == 0, err.getvalue()
     result = json.loads(out.getvalue())
     assert {"machine", "workload", "train", "evaluate"} <= result.keys()
     assert result["workload"]["meta_batch"] == 5 and result["workload"]["inner_iters"] == 5
-    for key, unit in (("train", "iterations"), ("evaluate", "tasks")):
+    argv_workers = result["machine"]["library_workers"]
+    assert argv_workers == 2
+    assert result["train"]["library_workers"] == 1  # chained Adam: tasks in sequence
+    assert result["train_fresh_adam"]["library_workers"] == 2
+    for key, unit in (
+        ("train", "iterations"),
+        ("train_fresh_adam", "iterations"),
+        ("evaluate", "tasks"),
+    ):
         section = result[key]
         assert section[unit] == 2
         assert section["library"]["count"] == section["plain"]["count"] == 2
         assert len(section["library"]["round_rates"]) == 2
         ratio = section["library"][f"{unit}_per_s"] / section["plain"][f"{unit}_per_s"]
         assert section["speedup"] == pytest.approx(ratio, rel=1e-2)
-        assert section["library"]["cpu_seconds"] > 0 and section["speedup_cpu"] > 0
+        assert section["library"]["seconds"] > 0 and section["speedup"] > 0
     report = bench.format_report(result)
     assert "library/plain" in report and result["machine"]["cpu"] in report
+    assert "train fresh" in report and "2 task workers" in report
     assert "round 2" in err.getvalue()
     assert result["machine"]["threads"] == 1

@@ -414,3 +414,15 @@ def test_threads_sets_torch_intra_op_threads_for_train_and_evaluate():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5"])
+def test_it_rejects_a_bad_worker_count(tmp_path, value):
+    code, out, err = run("train", "--preset", "sine", "--workers", value, "--out", str(tmp_path))
+    assert_usage_error(code, out, err, "--workers", "auto")
+
+
+def test_a_bad_workers_environment_variable_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("METATRAIN_WORKERS", "many")
+    code, out, err = run("train", "--preset", "sine", "--out", str(tmp_path))
+    assert_usage_error(code, out, err, "METATRAIN_WORKERS")

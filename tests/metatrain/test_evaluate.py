@@ -157,14 +157,14 @@ def test_every_evaluation_task_starts_from_the_same_optimizer_state(keep, monkey
     task = task_source(cfg, "test", np.random.default_rng(9), CPU, False, synthetic_splits())()
     learner.adapt(task.support_x, task.support_y, 6, 2, np.random.default_rng(0))
     seen = []
-    adapt = learner.adapt
+    adapt = learner.adapt_order
 
     def spy(*args, **kwargs):
         state = learner.optimizer.state.get(learner.params[0], {})
         seen.append(float(state["step"]) if "step" in state else None)
         return adapt(*args, **kwargs)
 
-    monkeypatch.setattr(learner, "adapt", spy)
+    monkeypatch.setattr(learner, "adapt_order", spy)
     _run(learner, cfg, tasks=3)
     # kept: the 2 steps taken before evaluation, for every task; else a fresh optimizer
     assert seen == ([2.0] * 3 if keep else [None] * 3)

@@ -1,0 +1,198 @@
+"""Task workers (metatrain.parallel): the same numbers as the serial loop, and clean failures.
+
+Each test that starts a pool pays for two fresh interpreters importing torch (about 2 s), so
+the pools here are few and small.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from metatrain import Config, evaluate, preset, train
+from metatrain.algorithms import Learner, make_algorithm
+from metatrain.checkpoint import load_checkpoint
+from metatrain.data import ClassSplits, TensorClassDataset
+from metatrain.models import build_model
+from metatrain.parallel import TaskPool, TaskWorkerError, resolve_workers, usable_cores
+
+train_module = importlib.import_module("metatrain.train")
+evaluate_module = importlib.import_module("metatrain.evaluate")
+CPU = torch.device("cpu")
+
+
+def synthetic_splits(train: int = 12, test: int = 8, per_class: int = 20, size: int = 8):
+    g = np.random.default_rng(99)
+    n = train + test
+    protos = g.random((n, 1, 1, size, size)) > 0.5
+    flips = g.random((n, per_class, 1, size, size)) < 0.1
+    storage = torch.from_numpy((protos ^ flips).astype(np.uint8) * 255)
+
+    def view(ids):
+        return TensorClassDataset(storage, ids, [f"c{i}" for i in ids])
+
+    return ClassSplits(train=view(range(train)), validation=view([]), test=view(range(train, n)))
+
+
+@pytest.fixture
+def fake_data(monkeypatch):
+    splits = synthetic_splits()
+    monkeypatch.setattr(train_module, "load_class_splits", lambda config: splits)
+    monkeypatch.setattr(evaluate_module, "load_class_splits", lambda config: splits)
+    return splits
+
+
+def tiny(**changes) -> Config:
+    base = {
+        "image_size": 8,
+        "ways": 3,
+        "shots": 1,
+        "queries": 2,
+        "train_shots": 4,
+        "inner_batch": 6,
+        "inner_iters": 3,
+        "meta_batch": 3,
+        "meta_iters": 4,
+        "eval_inner_batch": 3,
+        "eval_inner_iters": 3,
+        "validation_interval": 2,
+        "validation_tasks": 5,
+        "checkpoint_interval": 2,
+        "final_eval_tasks": 7,
+    }
+    return Config.from_dict({**base, **changes})
+
+
+def _metrics(run_dir) -> list[dict]:
+    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+        return [
+            {k: v for k, v in json.loads(line).items() if k != "seconds"}
+            for line in f
+            if line.strip()
+        ]
+
+
+def _strip_seconds(record: dict) -> dict:
+    if "validation" in record:
+        record = {**record, "validation": {**record["validation"], "seconds": None}}
+    return record
+
+
+def _same_weights(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.values(), b.values(), strict=True))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"keep_adam_state": False},  # Reptile, fresh Adam per task: tasks run side by side
+        {"keep_adam_state": False, "algorithm": "fomaml", "fomaml_tail_shots": 2},
+        {"keep_adam_state": True},  # chained Adam: training serial, validation side by side
+    ],
+    ids=["reptile", "fomaml", "chained-adam"],
+)
+def test_training_with_two_workers_gives_bit_identical_weights_and_metrics(
+    fake_data, tmp_path, changes
+):
+    cfg = tiny(**changes)
+    serial = train(cfg, tmp_path / "serial", device="cpu", workers=1)
+    parallel = train(cfg, tmp_path / "parallel", device="cpu", workers=2)
+    assert serial.iterations_done == parallel.iterations_done == cfg.meta_iters
+    a = load_checkpoint(tmp_path / "serial" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "parallel" / "checkpoint.pt")
+    assert _same_weights(a["model"], b["model"])
+    if cfg.keep_adam_state:  # otherwise the saved state is never read: every task starts fresh
+        states_a, states_b = a["optimizer"]["state"], b["optimizer"]["state"]
+        assert states_a.keys() == states_b.keys() and states_a
+        for x, y in zip(states_a.values(), states_b.values(), strict=True):
+            assert all(torch.equal(x[k], y[k]) for k in x)
+    ma = [_strip_seconds(r) for r in _metrics(tmp_path / "serial")]
+    mb = [_strip_seconds(r) for r in _metrics(tmp_path / "parallel")]
+    assert ma == mb
+    assert any("validation" in r for r in ma)  # validation ran, through the pool in b
+
+
+@pytest.mark.parametrize("transductive", [True, False])
+def test_evaluation_with_workers_matches_the_serial_loop_task_for_task(
+    fake_data, tmp_path, transductive
+):
+    cfg = tiny(keep_adam_state=True)
+    train(cfg.replace(meta_iters=2), tmp_path, device="cpu")  # a checkpoint with Adam state
+    serial = evaluate(tmp_path, tasks=9, transductive=transductive, device="cpu", workers=1)
+    parallel = evaluate(tmp_path, tasks=9, transductive=transductive, device="cpu", workers=3)
+    assert serial.inner_optimizer_state == parallel.inner_optimizer_state == "training"
+    assert (serial.accuracy, serial.ci95, serial.tasks) == (
+        parallel.accuracy,
+        parallel.ci95,
+        parallel.tasks,
+    )
+
+
+def test_sine_regression_runs_side_by_side_with_the_same_losses():
+    cfg = preset("sine", meta_iters=3, final_eval_tasks=4)
+    model = build_model(cfg, torch.Generator().manual_seed(0))
+    serial = evaluate(model, cfg, device="cpu", workers=1)
+    parallel = evaluate(model, cfg, device="cpu", workers=2)
+    assert serial.loss_before == parallel.loss_before
+    assert serial.loss_after == parallel.loss_after and serial.ci95 == parallel.ci95
+
+
+def test_a_stop_request_during_parallel_evaluation_keeps_the_finished_tasks(fake_data):
+    from metatrain import Reporter
+
+    class StopAfter(Reporter):
+        polls = 0
+
+        def should_stop(self) -> bool:
+            self.polls += 1
+            return self.polls > 4
+
+    cfg = tiny()
+    model = build_model(cfg, torch.Generator().manual_seed(0))
+    result = evaluate(model, cfg, tasks=50, reporter=StopAfter(), device="cpu", workers=2)
+    assert result.stopped and result.tasks == 4
+    serial = evaluate(model, cfg, tasks=4, device="cpu", workers=1)
+    assert result.accuracy == serial.accuracy
+
+
+def test_chained_adam_state_refuses_to_train_tasks_side_by_side():
+    cfg = tiny(keep_adam_state=True)
+    learner = Learner.from_config(build_model(cfg), cfg)
+    algorithm = make_algorithm(learner, cfg)
+    with pytest.raises(ValueError, match="cannot run side by side"):
+        algorithm.step(lambda: None, 1.0, np.random.default_rng(0), pool=object())
+
+
+def test_a_failing_or_dead_worker_is_reported_not_waited_for():
+    cfg = tiny()
+    model = build_model(cfg)
+    with TaskPool(model, cfg, 2) as pool:
+        assert pool.workers == 2
+        bad_task = (torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long))  # two tensors
+        with pytest.raises(TaskWorkerError, match="failed on job 0"):
+            list(pool.evaluate_tasks([(bad_task, np.zeros((1, 2), dtype=np.int64))], True))
+    with TaskPool(model, cfg, 2) as pool:
+        for proc in pool._procs:
+            os.kill(proc.pid, signal.SIGKILL)
+        x = torch.zeros(3, 1, 8, 8)
+        y = torch.arange(3)
+        task = (x, y, x, y)
+        with pytest.raises(TaskWorkerError, match="exited unexpectedly"):
+            list(pool.evaluate_tasks([(task, np.zeros((1, 3), dtype=np.int64))], True))
+
+
+def test_worker_count_resolution():
+    assert resolve_workers("auto", CPU) == usable_cores()
+    assert resolve_workers(None, CPU) == usable_cores()
+    assert resolve_workers(3, CPU) == 3
+    assert resolve_workers(4, torch.device("cuda")) == 1  # one process keeps a GPU busy
+    with pytest.raises(ValueError, match="at least 1"):
+        resolve_workers(0, CPU)
+    with pytest.raises(ValueError, match="at least 2"):
+        TaskPool(build_model(tiny()), tiny(), 1)

@@ -30,6 +30,7 @@ meta-batch (measured before each step's update); ``inner_accuracy`` likewise.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -223,7 +224,9 @@ class Learner:
         ``capturable`` is a property of this learner, not of the saved run: a run trained with
         CUDA graphs can be resumed or evaluated on the CPU and the other way round.
         """
-        self.optimizer.load_state_dict(state_dict)
+        # A copy: torch keeps the given tensors where their dtype and device already fit, so
+        # two learners loaded from one live state_dict would share (and both advance) them.
+        self.optimizer.load_state_dict(copy.deepcopy(state_dict))
         for group in self.optimizer.param_groups:
             if "capturable" in group:
                 group["capturable"] = self._capturable

@@ -147,4 +147,7 @@ class GraphedSteps:
             loss.backward()
             self.optimizer.step()
         self.captures += 1
-        return _Captured(graph, static_x, static_y, out, loss)
+        # Detached views of the same memory: holding the captured autograd graph alive kept
+        # its gradient-accumulation nodes alive too, and the next shape's warm-up on a side
+        # stream then warned of a stream mismatch (seen on the H200).
+        return _Captured(graph, static_x, static_y, out.detach(), loss.detach())

@@ -84,13 +84,14 @@ def test_capture_changes_neither_weights_nor_optimizer_state():
     learner = _learner("cuda", cuda_graphs=True)
     for x, y in _batches("cuda", 2, 10):
         learner.step(x, y)  # the first step captures (batch 10)
-    before = learner.copy_params()
-    state = learner.optimizer_snapshot()
     x5, y5 = next(_batches("cuda", 1, 5, seed=3))
     reference = _learner("cuda", cuda_graphs=True)
     reference.graphs = None
-    reference.load_params(before)
-    reference.optimizer_restore(state)
+    reference.load_params(learner.copy_params())
+    # By position, not optimizer_snapshot(): a snapshot is keyed by the learner's own
+    # parameter objects and only restores into that learner (a first version of this test
+    # restored it into the reference, which then started from a fresh Adam).
+    reference.load_optimizer_state(learner.optimizer.state_dict())
     learner.step(x5, y5)  # captures batch 5 (warm-up steps undone), then one real step
     reference.step(x5, y5)
     for a, b in zip(learner.params, reference.params, strict=True):

@@ -309,7 +309,7 @@ class TaskPool:
     def _broadcast(self, kind: str, payload: Any) -> None:
         data = _dumps((kind, 0, payload))
         for conn in self._conns:
-            conn.send_bytes(data)
+            self._send(conn, data)
 
     def set_weights(self, values: Sequence[torch.Tensor]) -> None:
         """Every task starts from these weights (in the model's parameter order)."""
@@ -369,7 +369,7 @@ class TaskPool:
                 except StopIteration:
                     exhausted = True
                     break
-                conn.send_bytes(_dumps((kind, next_job, payload)))
+                self._send(conn, _dumps((kind, next_job, payload)))
                 in_flight[id(conn)] += 1
                 next_job += 1
             while next_out in answers:
@@ -388,14 +388,23 @@ class TaskPool:
     def _receive(self, conn: Connection) -> tuple[str, int, Any]:
         try:
             return _loads(conn.recv_bytes())
-        except EOFError:
-            proc = self._procs[self._conns.index(conn)]
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=1)
-            raise TaskWorkerError(
-                f"a task worker exited unexpectedly (exit code {proc.returncode}); "
-                "out of memory is the usual cause"
-            ) from None
+        except (EOFError, OSError):  # EOF, or a reset when the worker died with data unread
+            raise self._died(conn) from None
+
+    def _send(self, conn: Connection, data: bytes) -> None:
+        try:
+            conn.send_bytes(data)
+        except OSError:  # broken pipe / reset: the worker is gone
+            raise self._died(conn) from None
+
+    def _died(self, conn: Connection) -> TaskWorkerError:
+        proc = self._procs[self._conns.index(conn)]
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=1)
+        return TaskWorkerError(
+            f"a task worker exited unexpectedly (exit code {proc.returncode}); "
+            "out of memory is the usual cause"
+        )
 
 
 def _wire(task: Sequence[torch.Tensor]) -> tuple[np.ndarray, ...]:

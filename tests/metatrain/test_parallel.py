@@ -180,6 +180,12 @@ def test_a_failing_or_dead_worker_is_reported_not_waited_for():
     with TaskPool(model, cfg, 2) as pool:
         for proc in pool._procs:
             os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        with pytest.raises(TaskWorkerError, match="exited unexpectedly"):
+            pool.set_weights([p.detach() for p in model.parameters()])  # sending fails too
+    with TaskPool(model, cfg, 2) as pool:
+        for proc in pool._procs:
+            os.kill(proc.pid, signal.SIGKILL)
         x = torch.zeros(3, 1, 8, 8)
         y = torch.arange(3)
         task = (x, y, x, y)

@@ -529,6 +529,22 @@ WORKERS_HELP = (
 )
 
 
+def _add_compute_options(p: argparse.ArgumentParser, *, cuda_graphs: bool) -> None:
+    """Where and how the work runs: --device, --threads, --workers (and --no-cuda-graphs)."""
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
+    p.add_argument(
+        "--threads", type=_positive, metavar="N", help="torch intra-op threads (default: torch's)"
+    )
+    p.add_argument("--workers", type=_workers, metavar="N|auto", help=WORKERS_HELP)
+    if cuda_graphs:
+        p.add_argument(
+            "--no-cuda-graphs",
+            action="store_true",
+            help="on a GPU, launch each inner step's kernels one by one instead of replaying "
+            "a captured CUDA graph (slower; for debugging)",
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
@@ -556,17 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config field; VALUE is JSON if it parses (1e-3, true), else a string",
     )
-    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
-    p.add_argument(
-        "--threads", type=_positive, metavar="N", help="torch intra-op threads (default: torch's)"
-    )
-    p.add_argument("--workers", type=_workers, metavar="N|auto", help=WORKERS_HELP)
-    p.add_argument(
-        "--no-cuda-graphs",
-        action="store_true",
-        help="on a GPU, launch each inner step's kernels one by one instead of replaying a "
-        "captured CUDA graph (slower; for debugging)",
-    )
+    _add_compute_options(p, cuda_graphs=True)
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="the run folder")
 
     p = sub.add_parser(
@@ -588,17 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=_non_negative, metavar="S", help="seed of the tasks")
     p.add_argument("--split", choices=("test", "validation"), default="test")
-    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
-    p.add_argument(
-        "--threads", type=_positive, metavar="N", help="torch intra-op threads (default: torch's)"
-    )
-    p.add_argument("--workers", type=_workers, metavar="N|auto", help=WORKERS_HELP)
-    p.add_argument(
-        "--no-cuda-graphs",
-        action="store_true",
-        help="on a GPU, launch each inner step's kernels one by one instead of replaying a "
-        "captured CUDA graph (slower; for debugging)",
-    )
+    _add_compute_options(p, cuda_graphs=True)
 
     p = sub.add_parser(
         "bench",
@@ -626,11 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="alternate the two sides this many times, to share out load from other "
         "processes (default 4)",
     )
-    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
-    p.add_argument(
-        "--threads", type=_positive, metavar="N", help="torch intra-op threads (default: torch's)"
-    )
-    p.add_argument("--workers", type=_workers, metavar="N|auto", help=WORKERS_HELP)
+    _add_compute_options(p, cuda_graphs=False)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 

@@ -12,31 +12,15 @@ import torch
 from metatrain import Config, ConfigError, evaluate, preset
 from metatrain.algorithms import Learner
 from metatrain.checkpoint import save_initialization
-from metatrain.data import ClassSplits, TensorClassDataset
 from metatrain.evaluate import _predict_each, run_evaluation, task_source
 from metatrain.models import build_model
 from metatrain.reporting import Heartbeat, Reporter
 from metatrain.seeding import eval_rng
+from tests.metatrain.synthetic import synthetic_splits
 
 CPU = torch.device("cpu")
 # metatrain.evaluate is shadowed by the function of the same name on the package.
 evaluate_module = importlib.import_module("metatrain.evaluate")
-
-
-def synthetic_splits(
-    train: int = 12, test: int = 8, per_class: int = 20, size: int = 8
-) -> ClassSplits:
-    """Each class: a random binary prototype with 10 % of its pixels flipped per example."""
-    g = np.random.default_rng(123)
-    n = train + test
-    protos = g.random((n, 1, 1, size, size)) > 0.5
-    flips = g.random((n, per_class, 1, size, size)) < 0.1
-    storage = torch.from_numpy((protos ^ flips).astype(np.uint8) * 255)
-
-    def view(ids):
-        return TensorClassDataset(storage, ids, [f"c{i}" for i in ids])
-
-    return ClassSplits(train=view(range(train)), validation=view([]), test=view(range(train, n)))
 
 
 def _config(**changes) -> Config:
@@ -59,7 +43,7 @@ def _learner(cfg: Config, seed: int = 0) -> Learner:
 
 def _run(learner, cfg, tasks=6, transductive=True, seed=0, reporter=None, heartbeat=None):
     rng = eval_rng(seed, "test")
-    source = task_source(cfg, "test", rng, CPU, False, synthetic_splits())
+    source = task_source(cfg, "test", rng, CPU, False, synthetic_splits(seed=123))
     return run_evaluation(
         learner,
         cfg,
@@ -138,7 +122,7 @@ def test_result_fields_and_json():
 def test_evaluation_restores_weights_and_optimizer_state_exactly(keep):
     cfg = _config(keep_adam_state=keep)
     learner = _learner(cfg)
-    splits = synthetic_splits()
+    splits = synthetic_splits(seed=123)
     task = task_source(cfg, "test", np.random.default_rng(9), CPU, False, splits)()
     learner.adapt(task.support_x, task.support_y, 6, 2, np.random.default_rng(0))  # some Adam state
     weights = [p.detach().clone() for p in learner.params]
@@ -154,7 +138,9 @@ def test_evaluation_restores_weights_and_optimizer_state_exactly(keep):
 def test_every_evaluation_task_starts_from_the_same_optimizer_state(keep, monkeypatch):
     cfg = _config(keep_adam_state=keep)
     learner = _learner(cfg)
-    task = task_source(cfg, "test", np.random.default_rng(9), CPU, False, synthetic_splits())()
+    task = task_source(
+        cfg, "test", np.random.default_rng(9), CPU, False, synthetic_splits(seed=123)
+    )()
     learner.adapt(task.support_x, task.support_y, 6, 2, np.random.default_rng(0))
     seen = []
     adapt = learner.adapt_order
@@ -175,7 +161,7 @@ def test_evaluation_is_reproducible_and_seeded_by_seed_and_split():
     a = _run(_learner(cfg), cfg, tasks=4)
     b = _run(_learner(cfg), cfg, tasks=4)
     assert a.accuracy == b.accuracy and a.ci95 == b.ci95
-    splits = synthetic_splits()
+    splits = synthetic_splits(seed=123)
     first = task_source(cfg, "test", eval_rng(0, "test"), CPU, False, splits)()
     again = task_source(cfg, "test", eval_rng(0, "test"), CPU, False, splits)()
     other_seed = task_source(cfg, "test", eval_rng(1, "test"), CPU, False, splits)()
@@ -239,7 +225,7 @@ def test_sine_evaluation_reports_losses_before_and_after():
 
 @pytest.fixture
 def fake_data(monkeypatch):
-    splits = synthetic_splits()
+    splits = synthetic_splits(seed=123)
     monkeypatch.setattr(evaluate_module, "load_class_splits", lambda config: splits)
     return splits
 

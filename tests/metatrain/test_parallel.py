@@ -18,31 +18,18 @@ import torch
 from metatrain import Config, evaluate, preset, train
 from metatrain.algorithms import Learner, make_algorithm
 from metatrain.checkpoint import load_checkpoint
-from metatrain.data import ClassSplits, TensorClassDataset
 from metatrain.models import build_model
 from metatrain.parallel import TaskPool, TaskWorkerError, resolve_workers, usable_cores
+from tests.metatrain.synthetic import synthetic_splits
 
 train_module = importlib.import_module("metatrain.train")
 evaluate_module = importlib.import_module("metatrain.evaluate")
 CPU = torch.device("cpu")
 
 
-def synthetic_splits(train: int = 12, test: int = 8, per_class: int = 20, size: int = 8):
-    g = np.random.default_rng(99)
-    n = train + test
-    protos = g.random((n, 1, 1, size, size)) > 0.5
-    flips = g.random((n, per_class, 1, size, size)) < 0.1
-    storage = torch.from_numpy((protos ^ flips).astype(np.uint8) * 255)
-
-    def view(ids):
-        return TensorClassDataset(storage, ids, [f"c{i}" for i in ids])
-
-    return ClassSplits(train=view(range(train)), validation=view([]), test=view(range(train, n)))
-
-
 @pytest.fixture
 def fake_data(monkeypatch):
-    splits = synthetic_splits()
+    splits = synthetic_splits(seed=99)
     monkeypatch.setattr(train_module, "load_class_splits", lambda config: splits)
     monkeypatch.setattr(evaluate_module, "load_class_splits", lambda config: splits)
     return splits

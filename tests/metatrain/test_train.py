@@ -8,35 +8,22 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from metatrain import CheckpointMismatchError, Config, EvalResult, Reporter, evaluate, preset, train
 from metatrain.checkpoint import load_checkpoint
-from metatrain.data import ClassSplits, TensorClassDataset, omniglot_available
+from metatrain.data import omniglot_available
+from tests.metatrain.synthetic import synthetic_splits
 
 # metatrain.train is shadowed by the function of the same name on the package.
 train_module = importlib.import_module("metatrain.train")
 
 
-def synthetic_splits(train: int = 12, test: int = 8, per_class: int = 20, size: int = 8):
-    g = np.random.default_rng(321)
-    n = train + test
-    protos = g.random((n, 1, 1, size, size)) > 0.5
-    flips = g.random((n, per_class, 1, size, size)) < 0.1
-    storage = torch.from_numpy((protos ^ flips).astype(np.uint8) * 255)
-
-    def view(ids):
-        return TensorClassDataset(storage, ids, [f"c{i}" for i in ids])
-
-    return ClassSplits(train=view(range(train)), validation=view([]), test=view(range(train, n)))
-
-
 @pytest.fixture
 def fake_data(monkeypatch):
-    splits = synthetic_splits()
+    splits = synthetic_splits(seed=321)
     monkeypatch.setattr(train_module, "load_class_splits", lambda config: splits)
     return splits
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import connections
 
 from webapp.experiments.models import Experiment, Run
 from webapp.experiments.views.runs import LOAD_SNIPPET
@@ -53,9 +54,16 @@ def browser_page(monkeypatch):
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.errors = errors
-        yield page
-        context.close()
-        browser.close()
+        try:
+            yield page
+        finally:
+            # While Playwright's event loop runs in this thread, Django keeps its connections
+            # in async (contextvar) storage, apart from the thread's own: the ORM calls made
+            # meanwhile opened connections that the test database teardown never sees (and
+            # cannot drop the database while they live). Close them while the loop runs.
+            connections.close_all()
+            context.close()
+            browser.close()
 
 
 @pytest.fixture

@@ -108,11 +108,10 @@ def unflatten(vector: np.ndarray, like: Sequence[torch.Tensor]) -> list[torch.Te
 class _Worker:
     """A worker's replica: its own network, learner and buffers."""
 
-    def __init__(self, model_bytes: bytes, config: Config) -> None:
+    def __init__(self, model: nn.Module, config: Config) -> None:
         from .algorithms import Learner
         from .runtime import prepare_model
 
-        model: nn.Module = _loads(model_bytes)
         self.channels_last = prepare_model(model, torch.device("cpu"))
         self.config = config
         self.learner = Learner.from_config(model, config)
@@ -178,15 +177,15 @@ class _StepRecorder:
 def worker_entry(fd: int) -> None:
     """A task worker's main loop (``python -c`` runs this in a fresh interpreter; see TaskPool).
 
-    First message: (model bytes, config dict); then jobs until "stop" or the parent's end of
+    First message: (the network, config dict); then jobs until "stop" or the parent's end of
     the socket closes (the parent exited: so does the worker).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C means
     torch.set_num_threads(1)
     conn = Connection(fd)
     try:
-        model_bytes, config_dict = _loads(conn.recv_bytes())
-        worker = _Worker(model_bytes, Config.from_dict(config_dict))
+        model, config_dict = _loads(conn.recv_bytes())
+        worker = _Worker(model, Config.from_dict(config_dict))
     except EOFError:
         return
     except BaseException:
@@ -240,10 +239,9 @@ class TaskPool:
             raise ValueError(f"a TaskPool needs at least 2 workers, got {workers}")
         if next(model.parameters()).device.type != "cpu":
             raise ValueError("task workers run on the CPU; the model is not on the CPU")
-        self.config = config
         self._conns: list[Connection] = []
         self._procs: list[subprocess.Popen[bytes]] = []
-        start = _dumps((_dumps_module(model), config.to_dict()))
+        start = _dumps((model, config.to_dict()))
         try:
             for _ in range(workers):
                 self._start_worker()
@@ -411,7 +409,3 @@ def _wire(task: Sequence[torch.Tensor]) -> tuple[np.ndarray, ...]:
     """A task's four tensors as NumPy arrays, the cheap form to pickle (a sine task also
     carries its amplitude and phase, which stay behind)."""
     return tuple(t.detach().cpu().numpy() for t in tuple(task)[:4])
-
-
-def _dumps_module(model: nn.Module) -> bytes:
-    return _dumps(model)

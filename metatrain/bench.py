@@ -44,6 +44,7 @@ from . import seeding
 from .config import Config, preset
 from .data import Task, TaskSampler, load_class_splits, mini_batches, omniglot_available
 from .models import build_model
+from .parallel import usable_cores
 from .reporting import Reporter
 
 __all__ = [
@@ -74,6 +75,27 @@ def _fresh_adam(model: nn.Module, config: Config) -> torch.optim.Adam:
     return torch.optim.Adam(model.parameters(), lr=config.inner_lr, betas=(0.0, config.adam_beta2))
 
 
+def _plain_adapt(
+    learner: nn.Module,
+    task: Task,
+    config: Config,
+    batch_size: int,
+    num_batches: int,
+    rng: np.random.Generator,
+    losses: list[float] | None = None,
+) -> None:
+    """A fresh Adam and ``num_batches`` steps on the task's support set; each step's mean loss
+    appended to ``losses`` if given (``.item()`` syncs a GPU, so evaluation asks for none)."""
+    optimizer = _fresh_adam(learner, config)
+    for xb, yb in mini_batches(task.support_x, task.support_y, batch_size, num_batches, rng):
+        loss = F.cross_entropy(learner(xb), yb, reduction="sum")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if losses is not None:
+            losses.append(loss.item() / len(yb))
+
+
 def plain_meta_step(
     model: nn.Module,
     sample_task: Callable[[], Task],
@@ -91,15 +113,7 @@ def plain_meta_step(
     for _ in range(config.meta_batch):
         task = sample_task()
         learner = copy.deepcopy(model)
-        optimizer = _fresh_adam(learner, config)
-        for xb, yb in mini_batches(
-            task.support_x, task.support_y, config.inner_batch, config.inner_iters, rng
-        ):
-            loss = F.cross_entropy(learner(xb), yb, reduction="sum")
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item() / len(yb))
+        _plain_adapt(learner, task, config, config.inner_batch, config.inner_iters, rng, losses)
         adapted.append([p.detach() for p in learner.parameters()])
     with torch.no_grad():
         for i, p in enumerate(model.parameters()):
@@ -114,14 +128,7 @@ def plain_eval_task(
     """Accuracy on one task the usual way: deepcopy, fresh Adam, ``eval_inner_iters`` steps of
     ``eval_inner_batch``, then all queries in one batch (transductive)."""
     learner = copy.deepcopy(model)
-    optimizer = _fresh_adam(learner, config)
-    for xb, yb in mini_batches(
-        task.support_x, task.support_y, config.eval_inner_batch, config.eval_inner_iters, rng
-    ):
-        loss = F.cross_entropy(learner(xb), yb, reduction="sum")
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    _plain_adapt(learner, task, config, config.eval_inner_batch, config.eval_inner_iters, rng)
     with torch.no_grad():
         pred = learner(task.query_x).argmax(1)
     return (pred == task.query_y).float().mean().item()
@@ -150,10 +157,7 @@ def _load() -> list[float] | None:
 
 def machine_info(device: torch.device) -> dict[str, Any]:
     """What the figures were measured on (they mean little without it)."""
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
+    usable = usable_cores()
     info: dict[str, Any] = {
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),

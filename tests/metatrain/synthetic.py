@@ -1,11 +1,34 @@
-"""Tiny synthetic class splits for the metatrain tests (imported as tests.metatrain.synthetic)."""
+"""Tiny synthetic data and configs for the metatrain tests (import tests.metatrain.synthetic)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from metatrain import Config
 from metatrain.data import ClassSplits, TensorClassDataset
+
+
+def tiny_config(**changes) -> Config:
+    """A config small enough to train in a fraction of a second on ``synthetic_splits``."""
+    base = {
+        "image_size": 8,
+        "ways": 3,
+        "shots": 1,
+        "queries": 1,
+        "train_shots": 4,
+        "inner_batch": 6,
+        "inner_iters": 2,
+        "meta_batch": 2,
+        "meta_iters": 6,
+        "eval_inner_batch": 3,
+        "eval_inner_iters": 2,
+        "validation_interval": 2,
+        "validation_tasks": 2,
+        "checkpoint_interval": 2,
+        "final_eval_tasks": 2,
+    }
+    return Config.from_dict({**base, **changes})
 
 
 def synthetic_splits(

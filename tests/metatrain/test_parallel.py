@@ -20,7 +20,7 @@ from metatrain.algorithms import Learner, make_algorithm
 from metatrain.checkpoint import load_checkpoint
 from metatrain.models import build_model
 from metatrain.parallel import TaskPool, TaskWorkerError, resolve_workers, usable_cores
-from tests.metatrain.synthetic import synthetic_splits
+from tests.metatrain.synthetic import synthetic_splits, tiny_config
 
 train_module = importlib.import_module("metatrain.train")
 evaluate_module = importlib.import_module("metatrain.evaluate")
@@ -36,24 +36,11 @@ def fake_data(monkeypatch):
 
 
 def tiny(**changes) -> Config:
-    base = {
-        "image_size": 8,
-        "ways": 3,
-        "shots": 1,
-        "queries": 2,
-        "train_shots": 4,
-        "inner_batch": 6,
-        "inner_iters": 3,
-        "meta_batch": 3,
-        "meta_iters": 4,
-        "eval_inner_batch": 3,
-        "eval_inner_iters": 3,
-        "validation_interval": 2,
-        "validation_tasks": 5,
-        "checkpoint_interval": 2,
-        "final_eval_tasks": 7,
-    }
-    return Config.from_dict({**base, **changes})
+    """More tasks per meta-batch and per evaluation than the shared tiny config: enough to
+    split across workers."""
+    base = {"queries": 2, "inner_iters": 3, "meta_batch": 3, "meta_iters": 4}
+    base |= {"eval_inner_iters": 3, "validation_tasks": 5, "final_eval_tasks": 7}
+    return tiny_config(**{**base, **changes})
 
 
 def _metrics(run_dir) -> list[dict]:

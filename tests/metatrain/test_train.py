@@ -12,10 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from metatrain import CheckpointMismatchError, Config, EvalResult, Reporter, evaluate, preset, train
+from metatrain import CheckpointMismatchError, EvalResult, Reporter, evaluate, preset, train
 from metatrain.checkpoint import load_checkpoint
 from metatrain.data import omniglot_available
 from tests.metatrain.synthetic import synthetic_splits
+from tests.metatrain.synthetic import tiny_config as tiny
 
 # metatrain.train is shadowed by the function of the same name on the package.
 train_module = importlib.import_module("metatrain.train")
@@ -26,27 +27,6 @@ def fake_data(monkeypatch):
     splits = synthetic_splits(seed=321)
     monkeypatch.setattr(train_module, "load_class_splits", lambda config: splits)
     return splits
-
-
-def tiny(**changes) -> Config:
-    base = {
-        "image_size": 8,
-        "ways": 3,
-        "shots": 1,
-        "queries": 1,
-        "train_shots": 4,
-        "inner_batch": 6,
-        "inner_iters": 2,
-        "meta_batch": 2,
-        "meta_iters": 6,
-        "eval_inner_batch": 3,
-        "eval_inner_iters": 2,
-        "validation_interval": 2,
-        "validation_tasks": 2,
-        "checkpoint_interval": 2,
-        "final_eval_tasks": 2,
-    }
-    return Config.from_dict({**base, **changes})
 
 
 class Recorder(Reporter):

@@ -366,19 +366,10 @@ def stage_environment(args: argparse.Namespace, save: Callable[[dict], None]) ->
         "cpu_count": os.cpu_count(),
         "metatrain_data": os.environ.get("METATRAIN_DATA"),
     }
-    with contextlib.suppress(AttributeError):
-        out["usable_cores"] = len(os.sched_getaffinity(0))
-    with contextlib.suppress(OSError):
-        out["load_average"] = [round(x, 2) for x in os.getloadavg()]
     with contextlib.suppress(OSError):
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal"):
                 out["mem_total"] = line.split(":", 1)[1].strip()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
-        for line in f:
-            if line.lower().startswith("model name"):
-                out["cpu_model"] = line.split(":", 1)[1].strip()
-                break
     save(out)
     t = time.perf_counter()
     import torch
@@ -410,6 +401,9 @@ def stage_environment(args: argparse.Namespace, save: Callable[[dict], None]) ->
     from metatrain.data import omniglot_available
 
     out["import_metatrain_s"] = round(time.perf_counter() - t, 3)
+    from metatrain.bench import machine_info  # CPU model, usable cores, load, threads
+
+    _record(out, "machine", lambda: machine_info(torch.device("cpu")))
     out["metatrain_path"] = str(Path(metatrain.__file__).parent)
     out["omniglot_available"] = omniglot_available()
     save(out)

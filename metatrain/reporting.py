@@ -31,6 +31,17 @@ class Reporter:
     def on_validation(self, iteration: int, result: EvalResult) -> None:
         """After each periodic validation."""
 
+    def before_checkpoint(self, iteration: int) -> bool:
+        """Just before a checkpoint of ``iteration`` is written; False skips this one.
+
+        A run resumes from whatever checkpoint is on disk, so a reporter that keeps its own
+        record of the run (the dashboard's database) must hold everything up to ``iteration``
+        before the file exists: a process killed between the two would otherwise resume past
+        a gap. A reporter that cannot store it yet returns False; the previous checkpoint stays
+        and a resumed run repeats those iterations instead.
+        """
+        return True
+
     def on_checkpoint(self, iteration: int, path: str) -> None:
         """After a checkpoint has been written (atomically) to ``path``."""
 

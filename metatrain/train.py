@@ -193,7 +193,10 @@ def train(
     total = config.meta_iters
     heartbeat = Heartbeat(reporter, HEARTBEAT_INTERVAL)
 
-    def checkpoint(iteration: int) -> None:
+    def checkpoint(iteration: int) -> bool:
+        """Write a checkpoint unless the reporter cannot yet vouch for everything up to it."""
+        if not reporter.before_checkpoint(iteration):
+            return False
         save_checkpoint(
             ckpt_path,
             iteration=iteration,
@@ -204,6 +207,7 @@ def train(
             torch_rng_state=torch_gen.get_state(),
         )
         reporter.on_checkpoint(iteration, str(ckpt_path))
+        return True
 
     def validate() -> EvalResult:
         vrng = seeding.eval_rng(config.seed, val_split)
@@ -269,8 +273,9 @@ def train(
                     metrics_file.flush()
                     reporter.on_validation(iteration, result)
 
-                if iteration % config.checkpoint_interval == 0 or iteration == total:
-                    checkpoint(iteration)
+                if (
+                    iteration % config.checkpoint_interval == 0 or iteration == total
+                ) and checkpoint(iteration):
                     last_checkpoint = iteration
                 heartbeat.beat()
 

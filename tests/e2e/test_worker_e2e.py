@@ -11,10 +11,11 @@ from django.core.files.storage import default_storage
 from safetensors.torch import load_file
 
 import metatrain
+from metatrain.checkpoint import load_checkpoint
 from metatrain.data import omniglot_available
 from webapp.experiments import services
 from webapp.experiments.models import Evaluation, MetricPoint, Run, RunAttempt, Worker
-from webapp.experiments.tasks import supervise_runs
+from webapp.experiments.tasks import run_dir, supervise_runs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -187,12 +188,15 @@ def test_a_killed_worker_is_detected_lost_and_its_run_resumed(
     run.refresh_from_db()
     assert run.status == Run.Status.QUEUED
     assert "no heartbeat for" in RunAttempt.objects.get(run=run, number=1).reason
-    checkpoint = run.checkpoint_iteration
-    assert checkpoint >= 20
+    # The kill can land between a checkpoint's file and its record: the file is the truth,
+    # and every point up to it was stored before the file was written.
+    on_disk = load_checkpoint(run_dir(run) / "checkpoint.pt")["iteration"]
+    assert on_disk >= run.checkpoint_iteration >= 20
+    assert _steps(run, "inner_loss")[:on_disk] == list(range(1, on_disk + 1))
 
     rescuer = start_worker(name="rescuer")
-    wait_for(_training(run.pk, checkpoint), 90, "the run to resume", worker=rescuer)
-    assert RunAttempt.objects.get(run=run, number=2).start_iteration == checkpoint
+    wait_for(_training(run.pk, on_disk), 90, "the run to resume", worker=rescuer)
+    assert RunAttempt.objects.get(run=run, number=2).start_iteration == on_disk
     services.request_cancel(run)
     run = wait_for_run(run.pk, FINAL, timeout=60, worker=rescuer)
     assert run.status == Run.Status.CANCELLED

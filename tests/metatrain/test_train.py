@@ -126,6 +126,39 @@ def test_a_run_writes_its_files_and_reports_every_step(fake_data, tmp_path, monk
     assert load_checkpoint(tmp_path / "checkpoint.pt")["iteration"] == 6
 
 
+class _RefusesCheckpoints(Recorder):
+    """Says no to the checkpoints in ``refuse``, and notes what was on disk when asked."""
+
+    def __init__(self, out: Path, refuse: set[int], **kw):
+        super().__init__(**kw)
+        self.out, self.refuse, self.asked = out, refuse, []
+
+    def before_checkpoint(self, iteration):
+        path = self.out / "checkpoint.pt"
+        on_disk = load_checkpoint(path)["iteration"] if path.exists() else None
+        self.asked.append((iteration, on_disk))
+        return iteration not in self.refuse
+
+
+def test_the_reporter_is_asked_before_each_checkpoint_file_and_can_put_it_off(fake_data, tmp_path):
+    rec = _RefusesCheckpoints(tmp_path, refuse={4})
+    train(tiny(), tmp_path, reporter=rec, device="cpu")
+    # Asked before the file exists; a refused checkpoint leaves the previous one in place.
+    assert rec.asked == [(2, None), (4, 2), (6, 2)]
+    assert [e[1] for e in rec.of("checkpoint")] == [2, 6]
+
+
+def test_a_refused_checkpoint_at_a_stop_leaves_the_last_one_to_resume_from(fake_data, tmp_path):
+    rec = _RefusesCheckpoints(tmp_path, refuse={3}, stop_after=3)
+    result = train(tiny(), tmp_path, reporter=rec, device="cpu")
+    assert result.stopped and result.iterations_done == 3
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["iteration"] == 2
+    resumed = Recorder()
+    train(tiny(), tmp_path, reporter=resumed, device="cpu")
+    assert resumed.of("start")[0][1]["start_iteration"] == 2
+    assert [e[1] for e in resumed.of("iteration")] == [3, 4, 5, 6]
+
+
 def test_the_same_seed_gives_bit_identical_weights_and_another_seed_does_not(fake_data, tmp_path):
     train(tiny(), tmp_path / "a", device="cpu")
     train(tiny(), tmp_path / "b", device="cpu")

@@ -184,7 +184,7 @@ def mark_stale_runs_lost(now: datetime | None = None) -> list[int]:
         reason = (
             f"no heartbeat for {age:.0f} s (limit {limit} s) from worker "
             f"{run.worker or '?'} at iteration {run.iteration}; "
-            f"resumes from the checkpoint at iteration {run.checkpoint_iteration}"
+            f"resumes from its last checkpoint (recorded at iteration {run.checkpoint_iteration})"
         )
         with transaction.atomic():
             changed = (

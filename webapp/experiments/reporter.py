@@ -150,9 +150,15 @@ class DbReporter(Reporter):
                 self.add_point(f"validation_{name}", iteration, value)
         self.flush()
 
+    def before_checkpoint(self, iteration: int) -> bool:
+        """Store every point up to the checkpoint before its file exists: a worker killed
+        between the file and the next write is resumed from that file, and a gap before the
+        resumed attempt's first step would never be filled. While the database refuses the
+        points (an outage) the checkpoint is skipped and the previous one stays."""
+        return self.flush()
+
     def on_checkpoint(self, iteration: int, path: str) -> None:
-        """Record the checkpoint only once every point up to it is stored, so a resumed
-        attempt never has a gap before its starting step."""
+        """Record the checkpoint the file now holds (its points were stored just before)."""
         self.iteration = max(self.iteration, iteration)
         if self.flush():
             self.write_progress(checkpoint_iteration=iteration)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from django.db import connection
+from django.db import OperationalError, connection
 from django.test.utils import CaptureQueriesContext
 
 from metatrain import EvalResult
@@ -142,6 +142,38 @@ def test_a_checkpoint_is_recorded_only_after_its_points_are_stored(run, clock):
     assert list(_points(run)) == [1, 2, 3, 4]
     run.refresh_from_db()
     assert run.checkpoint_iteration == 4
+
+
+def test_before_a_checkpoint_file_is_written_every_point_up_to_it_is_stored(run, clock):
+    reporter = _reporter(run, clock)
+    reporter.on_start({"start_iteration": 0, "total_iterations": 10})
+    for i in range(1, 5):
+        reporter.on_iteration(i, _metrics(i))
+    assert reporter.before_checkpoint(4) is True
+    assert list(_points(run)) == [1, 2, 3, 4]
+    run.refresh_from_db()
+    assert run.checkpoint_iteration == 0  # recorded only once the file exists (on_checkpoint)
+
+
+def _refuse_metric_inserts(execute, sql, params, many, context):
+    """A database that is down for metric points (an outage as the reporter sees it)."""
+    if "INSERT" in sql and "metricpoint" in sql:
+        raise OperationalError("server closed the connection unexpectedly")
+    return execute(sql, params, many, context)
+
+
+@pytest.mark.django_db(transaction=True)  # the reporter closes the failed connection
+def test_a_checkpoint_is_skipped_while_its_points_cannot_be_stored(run, clock):
+    reporter = _reporter(run, clock)
+    reporter.on_start({"start_iteration": 0, "total_iterations": 10})
+    for i in range(1, 5):
+        reporter.on_iteration(i, _metrics(i))
+    with connection.execute_wrapper(_refuse_metric_inserts):
+        assert reporter.before_checkpoint(4) is False
+    assert _points(run) == {}
+    # The points stayed in the buffer: the next checkpoint stores them.
+    assert reporter.before_checkpoint(4) is True
+    assert list(_points(run)) == [1, 2, 3, 4]
 
 
 def test_the_heartbeat_writes_at_most_once_per_interval_and_is_cheap(run, clock):

@@ -180,7 +180,11 @@ def worker_entry(fd: int) -> None:
     First message: (the network, config dict); then jobs until "stop" or the parent's end of
     the socket closes (the parent exited: so does the worker).
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C means
+    # The parent decides what Ctrl-C or a shutdown means (checkpoint, then close the pool). A
+    # SIGTERM sent to the whole process group (systemd, a container runtime) must not kill
+    # the workers first and fail the run; a worker still ends when the parent's socket closes.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(1)
     conn = Connection(fd)
     try:

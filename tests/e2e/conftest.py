@@ -230,6 +230,9 @@ def worker_env(transactional_db, e2e_redis, settings, tmp_path) -> dict[str, str
             "MEDIA_ROOT": str(settings.MEDIA_ROOT),
             "METATRAIN_DATA": django_settings.METATRAIN_DATA,
             "RUN_HEARTBEAT_SECONDS": "1",
+            # Task worker processes cost more to start than these tiny runs take; the test
+            # that checks them asks for two.
+            "WORKER_TASK_WORKERS": "1",
             # Tiny models on a shared machine: one intra-op thread, no oversubscription.
             "OMP_NUM_THREADS": "1",
             "MKL_NUM_THREADS": "1",
@@ -243,14 +246,17 @@ def worker_env(transactional_db, e2e_redis, settings, tmp_path) -> dict[str, str
 def start_worker(worker_env, tmp_path) -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
 
-    def start(queues=("cpu", "any"), name: str | None = None) -> WorkerProcess:
+    def start(
+        queues=("cpu", "any"), name: str | None = None, env: dict[str, str] | None = None
+    ) -> WorkerProcess:
+        """A training worker; `env` adds to (or overrides) the worker's environment."""
         hostname = f"{name or 'e2e'}-{uuid.uuid4().hex[:8]}@test"
         log_path = tmp_path / f"worker-{hostname.split('@')[0]}.log"
         log_file = open(log_path, "wb")  # noqa: SIM115 (closed by WorkerProcess.close)
         proc = subprocess.Popen(
             training_worker_argv(list(queues), name=hostname),
             cwd=django_settings.BASE_DIR,
-            env=worker_env,
+            env={**worker_env, **(env or {})},
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,

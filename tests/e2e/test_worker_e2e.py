@@ -95,7 +95,10 @@ def test_a_worker_trains_a_sine_run_to_succeeded(owner, celery_worker, wait_for_
 
 
 @pytest.mark.skipif(not omniglot_available(), reason="Omniglot data not found (METATRAIN_DATA)")
-def test_a_worker_trains_an_omniglot_run_on_real_data(owner, celery_worker, wait_for_run):
+def test_a_worker_trains_an_omniglot_run_on_real_data_with_task_workers(
+    owner, start_worker, wait_for_run
+):
+    worker = start_worker(env={"WORKER_TASK_WORKERS": "2"})
     config = _config(
         "omniglot-5way-1shot",
         meta_iters=4,
@@ -106,9 +109,10 @@ def test_a_worker_trains_an_omniglot_run_on_real_data(owner, celery_worker, wait
         eval_inner_iters=5,
     )
     run = _submit(owner, config)
-    run = wait_for_run(run.pk, FINAL, timeout=240, worker=celery_worker)
+    run = wait_for_run(run.pk, FINAL, timeout=240, worker=worker)
 
     assert run.status == Run.Status.SUCCEEDED, run.status_reason
+    assert run.device == "CPU (1 thread, 2 task workers)"
     assert (run.dataset, run.ways, run.shots) == ("omniglot", 5, 1)
     assert _steps(run, "inner_accuracy") == [1, 2, 3, 4]
     assert _steps(run, "validation_accuracy") == [2, 4]

@@ -26,6 +26,7 @@ CLEARED = (
     "SECURE_SSL_REDIRECT",
     "SECURE_HSTS_SECONDS",
     "DJANGO_SETTINGS_MODULE",
+    "WORKER_TASK_WORKERS",
 )
 GOOD_KEY = secrets.token_urlsafe(50)
 
@@ -120,3 +121,23 @@ def test_allow_signup_is_read_from_the_environment(raw, expected):
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == expected
+
+
+@pytest.mark.parametrize(("raw", "expected"), [(None, "'auto'"), ("AUTO", "'auto'"), ("3", "3")])
+def test_worker_task_workers_is_read_from_the_environment(raw, expected):
+    env = {} if raw is None else {"WORKER_TASK_WORKERS": raw}
+
+    result = python("import webapp.settings as s; print(repr(s.WORKER_TASK_WORKERS))", **env)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == expected
+
+
+@pytest.mark.parametrize("raw", ["0", "-2", "two", "1.5"])
+def test_a_bad_worker_task_workers_value_is_refused_with_the_expected_form(raw):
+    result = python("import webapp.settings", WORKER_TASK_WORKERS=raw)
+
+    assert result.returncode == 1
+    assert f"WORKER_TASK_WORKERS={raw.lower()!r}: expected 'auto' or a whole number >= 1" in (
+        result.stderr
+    )

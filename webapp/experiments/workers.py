@@ -76,9 +76,10 @@ def _nvidia_smi() -> str | None:
     return f"{name.strip()}{mem}{extra}"
 
 
-def describe_device(*, init_cuda: bool = True) -> str:
-    """What this process trains on, for people: "NVIDIA H100 80GB HBM3 (80 GiB)" or
-    "CPU (8 threads)". With init_cuda=False (a process that will fork) CUDA is left alone."""
+def describe_device(*, init_cuda: bool = True, task_workers: int = 1) -> str:
+    """What this process trains on, for people: "NVIDIA H100 80GB HBM3 (80 GiB)", "CPU (8
+    threads)" or "CPU (1 thread, 4 task workers)". With init_cuda=False (a process that will
+    fork) CUDA is left alone."""
     import torch
 
     if init_cuda:
@@ -90,7 +91,8 @@ def describe_device(*, init_cuda: bool = True) -> str:
         if gpu:
             return gpu
     threads = torch.get_num_threads()
-    return f"CPU ({threads} thread{'s' if threads != 1 else ''})"
+    workers = f", {task_workers} task workers" if task_workers > 1 else ""
+    return f"CPU ({threads} thread{'s' if threads != 1 else ''}{workers})"
 
 
 def training_device() -> str:

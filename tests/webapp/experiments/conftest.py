@@ -95,6 +95,13 @@ def real_redis(redis_db_url) -> Iterator[redis.Redis]:
     client.flushdb()
 
 
+@pytest.fixture(autouse=True)
+def one_task_worker(settings) -> None:
+    """Runs trained in this process use no task worker processes (their start-up would cost
+    more than these tiny runs); the test that checks them asks for two."""
+    settings.WORKER_TASK_WORKERS = 1
+
+
 @pytest.fixture
 def one_torch_thread() -> Iterator[None]:
     """Tiny models on a shared 2-core machine: one intra-op thread is ~100x faster than two

@@ -149,3 +149,35 @@ def test_a_cpu_run_trains_with_the_configured_number_of_torch_threads(sine_run, 
     sine_run.refresh_from_db()
     assert torch.get_num_threads() == 1
     assert sine_run.device == "CPU (1 thread)"
+
+
+def _series(run: Run) -> dict[tuple[str, int], float]:
+    return {(p.name, p.step): p.value for p in MetricPoint.objects.filter(run=run)}
+
+
+@pytest.mark.slow
+def test_task_workers_give_a_cpu_run_the_same_results_as_one_process(owner, tiny_sine, settings):
+    """WORKER_TASK_WORKERS: validation and the final evaluation run in worker processes, and
+    every number stored is the same as with none (same seed)."""
+    alone, side_by_side = (
+        services.create_experiment(owner, name=name, config=tiny_sine, seeds=[3]).runs.get()
+        for name in ("alone", "side by side")
+    )
+    settings.WORKER_TASK_WORKERS = 1
+    assert train_run(alone.pk) == Run.Status.SUCCEEDED
+    settings.WORKER_TASK_WORKERS = 2
+    assert train_run(side_by_side.pk) == Run.Status.SUCCEEDED
+
+    alone.refresh_from_db()
+    side_by_side.refresh_from_db()
+    assert side_by_side.device == "CPU (1 thread, 2 task workers)"
+    assert alone.device == "CPU (1 thread)"
+    assert _series(side_by_side) == _series(alone)
+    assert _series(alone)[("validation_loss_after", 20)] > 0
+    finals = [Evaluation.objects.get(run=r, extra__final=True) for r in (alone, side_by_side)]
+    untimed = [{k: v for k, v in f.extra.items() if k != "seconds"} for f in finals]
+    assert finals[0].ci95 == finals[1].ci95 and untimed[0] == untimed[1]
+    weights = [
+        load_file(default_storage.path(r.initialization.name)) for r in (alone, side_by_side)
+    ]
+    assert all(weights[0][k].equal(weights[1][k]) for k in weights[0])

@@ -11,7 +11,7 @@ import metatrain
 from webapp.experiments import services, workers
 from webapp.experiments.models import Evaluation, MetricPoint, Run, RunAttempt
 from webapp.experiments.reporter import DbReporter
-from webapp.experiments.tasks import run_dir, train_run
+from webapp.experiments.tasks import run_dir, supervise_runs, train_run
 
 # Committed transactions, as in a worker: the reporter's keep-alive thread has its own
 # database connection and must see the claimed run.
@@ -138,6 +138,40 @@ def test_a_run_stopped_by_shutdown_goes_back_to_the_queue_and_resumes(sine_run, 
     assert _steps(run, "inner_loss") == list(range(1, 21))
     attempts = list(RunAttempt.objects.filter(run=run).values_list("outcome", "start_iteration"))
     assert attempts == [("released", 0), (Run.Status.SUCCEEDED, 7)]
+
+
+class _Killed(BaseException):
+    """The worker process dies here: no handler in the task runs, nothing more is written."""
+
+
+def test_a_worker_killed_between_a_checkpoint_file_and_its_record_leaves_no_gap(
+    owner, tiny_sine, monkeypatch, settings
+):
+    """The race CI once caught: SIGKILL after checkpoint.pt at iteration 5 was written but
+    before the database heard of it. The next attempt resumes from the file, so every point
+    up to 5 must already be stored (no validation at 5 flushes them by chance)."""
+    config = {**tiny_sine, "checkpoint_interval": 5}
+    run = services.create_experiment(owner, name="sine", config=config, seeds=[3]).runs.get()
+    original = DbReporter.on_checkpoint
+
+    def on_checkpoint(self, iteration, path):
+        if iteration == 5 and self.attempt == 1:
+            raise _Killed
+        original(self, iteration, path)
+
+    monkeypatch.setattr(DbReporter, "on_checkpoint", on_checkpoint)
+    with pytest.raises(_Killed):
+        train_run(run.pk)
+    run.refresh_from_db()
+    assert (run.status, run.checkpoint_iteration) == (Run.Status.RUNNING, 0)  # never recorded
+    assert _steps(run, "inner_loss") == list(range(1, 6))
+
+    settings.RUN_LOST_AFTER_SECONDS = 0
+    assert supervise_runs()["lost"] == [run.pk]
+    assert train_run(run.pk) == Run.Status.SUCCEEDED
+    assert _steps(run, "inner_loss") == list(range(1, 21))
+    attempts = list(RunAttempt.objects.filter(run=run).values_list("outcome", "start_iteration"))
+    assert attempts == [("lost", 0), (Run.Status.SUCCEEDED, 5)]
 
 
 def test_a_cpu_run_trains_with_the_configured_number_of_torch_threads(sine_run, settings):

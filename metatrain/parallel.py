@@ -43,8 +43,17 @@ import torch
 from torch import nn
 
 from .config import Config
+from .models import build_model
+from .stacked import stackable
 
-__all__ = ["TaskPool", "TaskWorkerError", "usable_cores", "resolve_workers", "worker_entry"]
+__all__ = [
+    "TaskPool",
+    "TaskWorkerError",
+    "usable_cores",
+    "resolve_workers",
+    "useful_workers",
+    "worker_entry",
+]
 
 # The folder that holds the metatrain package, put on the workers' import path.
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,6 +84,21 @@ def resolve_workers(workers: int | str | None, device: torch.device) -> int:
     if count < 1:
         raise ValueError(f"workers must be at least 1, got {count}")
     return count
+
+
+def useful_workers(config: Config, count: int) -> int:
+    """The task workers a training run of ``config`` keeps busy: ``count``, or 1 when nothing
+    would run in them. Training tasks run side by side only in a meta-batch of several tasks
+    that do not share Adam's moments; evaluation tasks do unless they are adapted stacked
+    (a regression MLP with SGD, ``metatrain.stacked``), which is far faster than workers."""
+    if count <= 1:
+        return count
+    chained = config.keep_adam_state and config.inner_optimizer == "adam"
+    trains_side_by_side = config.meta_batch > 1 and not chained
+    evaluates_stacked = not config.is_classification and stackable(
+        build_model(config), config.inner_optimizer
+    )
+    return count if trains_side_by_side or not evaluates_stacked else 1
 
 
 def _dumps(value: Any) -> bytes:

@@ -51,7 +51,7 @@ from .config import Config, validate_against_data
 from .data import SineTaskSampler, TaskSampler, load_class_splits
 from .evaluate import EvalResult, run_evaluation, task_source
 from .models import build_model
-from .parallel import TaskPool, resolve_workers
+from .parallel import TaskPool, resolve_workers, useful_workers
 from .reporting import Heartbeat, Reporter
 from .runtime import prepare_model, resolve_device, to_device
 
@@ -226,7 +226,7 @@ def train(
             pool=pool,
         )
 
-    count = resolve_workers(workers, dev)
+    count = useful_workers(config, resolve_workers(workers, dev))
     pool = TaskPool(model, config, count) if count > 1 else None
     # A meta-batch's tasks share Adam's moments under keep_adam_state: they stay serial.
     train_pool = pool if not learner.keep_state else None

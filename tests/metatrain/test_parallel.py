@@ -111,8 +111,9 @@ def test_evaluation_with_workers_matches_the_serial_loop_task_for_task(
 def test_sine_regression_runs_side_by_side_with_the_same_losses():
     cfg = preset("sine", meta_iters=3, final_eval_tasks=4)
     model = build_model(cfg, torch.Generator().manual_seed(0))
-    serial = evaluate(model, cfg, device="cpu", workers=1)
-    parallel = evaluate(model, cfg, device="cpu", workers=2)
+    # One task at a time (stacked, the default for this MLP, would leave the workers unused).
+    serial = evaluate(model, cfg, device="cpu", workers=1, stack_tasks=False)
+    parallel = evaluate(model, cfg, device="cpu", workers=2, stack_tasks=False)
     assert serial.loss_before == parallel.loss_before
     assert serial.loss_after == parallel.loss_after and serial.ci95 == parallel.ci95
 

@@ -1,0 +1,140 @@
+"""Many independent tasks adapted at once, for multilayer perceptrons with plain SGD.
+
+One task of the sine MLP is a few hundred microseconds of Python and kernel-launch overhead
+around tiny matrix products. Stacking T tasks' copies of the weights along a leading
+dimension turns every layer into one batched product (``torch.baddbmm``) over all T tasks,
+and one backward pass of the sum of the tasks' losses gives each copy exactly its own
+task's gradient (the copies share nothing). Measured on this 2-core CPU, one thread, 32 SGD
+steps per task: 17x faster than one task at a time at 100 tasks, 18x at 10. ``torch.func``'s
+``vmap(grad(...))`` does the same generically but was 9x (its per-step overhead is higher);
+batching this way was *slower* for the Omniglot conv net (grouped convolutions: 3.9-4.8 ms
+per task-step against 3.6-4.0 ms alone), so conv nets keep the per-task loop and the task
+workers of ``metatrain.parallel``.
+
+Only plain SGD qualifies: it is stateless, so a task's steps depend on nothing but its own
+data. Each task's mini-batches are drawn exactly as in the per-task loop (``batch_order``);
+results equal the per-task loop's up to floating-point rounding (tested).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["stackable", "stacked_forward", "stacked_adapt", "evaluate_regression_tasks"]
+
+# Elementwise activations: they act on a stacked (T, N, features) tensor unchanged.
+_ELEMENTWISE = (nn.Tanh, nn.ReLU, nn.Sigmoid, nn.Identity)
+
+
+def stackable(model: nn.Module, optimizer_name: str) -> bool:
+    """Whether tasks of ``model`` trained with ``optimizer_name`` can be adapted stacked:
+    an ``nn.Sequential`` of ``nn.Linear`` (with bias) and elementwise activations, and SGD."""
+    if optimizer_name != "sgd" or not isinstance(model, nn.Sequential) or len(model) == 0:
+        return False
+    linears = 0
+    for module in model:
+        if isinstance(module, nn.Linear):
+            if module.bias is None:
+                return False
+            linears += 1
+        elif not isinstance(module, _ELEMENTWISE):
+            return False
+    return linears > 0
+
+
+def _stack(values: Sequence[torch.Tensor], tasks: int) -> list[torch.Tensor]:
+    """``tasks`` copies of each tensor along a new leading dimension, as leaves for autograd."""
+    return [v.detach().unsqueeze(0).repeat(tasks, *([1] * v.dim())) for v in values]
+
+
+def stacked_forward(model: nn.Sequential, weights: Sequence[torch.Tensor], x: torch.Tensor):
+    """``model`` with task t's weights ``weights[i][t]`` on ``x[t]``; x is (T, N, in).
+
+    ``weights`` are the model's parameters in ``model.parameters()`` order, each stacked.
+    """
+    h = x
+    params = iter(weights)
+    for module in model:
+        if isinstance(module, nn.Linear):
+            w, b = next(params), next(params)
+            if w.shape[-1] == 1:
+                # One input feature: F.linear's addmm is then a fused multiply-add per
+                # element, which addcmul reproduces exactly (baddbmm rounds differently).
+                h = torch.addcmul(b.unsqueeze(1), h, w.transpose(1, 2))
+            else:
+                # (T, N, in) @ (T, in, out) + (T, 1, out): every task's x W^T + b at once.
+                h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+        else:
+            h = module(h)
+    return h
+
+
+def _task_losses(model, weights, x, y) -> torch.Tensor:
+    """Each task's mean squared error: (T,)."""
+    out = stacked_forward(model, weights, x)
+    return ((out - y) ** 2).flatten(1).mean(1)
+
+
+def stacked_adapt(
+    model: nn.Sequential,
+    theta: Sequence[torch.Tensor],
+    xs: torch.Tensor,
+    ys: torch.Tensor,
+    orders: np.ndarray,
+    lr: float,
+) -> list[torch.Tensor]:
+    """SGD on the mean-squared-error of T regression tasks at once, every task starting from
+    ``theta``; returns the stacked adapted weights.
+
+    ``xs``, ``ys``: (T, N, features) support sets; ``orders``: (T, steps, batch) example
+    indices from ``batch_order``, one row of steps per task.
+    """
+    tasks = xs.shape[0]
+    weights = _stack(theta, tasks)
+    for w in weights:
+        w.requires_grad_(True)
+    index = torch.from_numpy(np.ascontiguousarray(orders, dtype=np.int64)).to(xs.device)
+    rows = torch.arange(tasks, device=xs.device)[:, None]
+    for step in range(index.shape[1]):
+        batch = index[:, step]  # (T, batch)
+        loss = _task_losses(model, weights, xs[rows, batch], ys[rows, batch]).sum()
+        grads = torch.autograd.grad(loss, weights)
+        with torch.no_grad():
+            torch._foreach_add_(weights, grads, alpha=-lr)
+    return [w.detach() for w in weights]
+
+
+def evaluate_regression_tasks(
+    model: nn.Sequential,
+    theta: Sequence[torch.Tensor],
+    tasks: Sequence[Sequence[torch.Tensor]],
+    orders: Sequence[np.ndarray],
+    lr: float,
+    pad_to: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query losses (after, before adaptation) of regression tasks adapted together: (T,)
+    each, as ``evaluate_task`` computes them one task at a time.
+
+    ``pad_to``: adapt copies of the last task too, up to this many, and drop them. Batched
+    products of very few entries round differently (measured: 1 and 3 tasks differed from
+    100, 7 and 50 did not), so a fixed stack size makes every task's numbers independent of
+    how many tasks are evaluated or where a stop request cut the last stack short.
+    """
+    count = len(tasks)
+    if count < pad_to:
+        tasks = [*tasks, *[tasks[-1]] * (pad_to - count)]
+        orders = [*orders, *[orders[-1]] * (pad_to - count)]
+    support_x = torch.stack([t[0] for t in tasks])
+    support_y = torch.stack([t[1] for t in tasks])
+    query_x = torch.stack([t[2] for t in tasks])
+    query_y = torch.stack([t[3] for t in tasks])
+    with torch.no_grad():
+        before = _task_losses(model, _stack(theta, len(tasks)), query_x, query_y)
+    adapted = stacked_adapt(model, theta, support_x, support_y, np.stack(orders), lr)
+    with torch.no_grad():
+        after = _task_losses(model, adapted, query_x, query_y)
+    return after[:count], before[:count]

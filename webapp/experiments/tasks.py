@@ -77,7 +77,7 @@ def train_run(self, run_id: int) -> str:
 def _train_claimed(run: Run, attempt: int, hostname: str) -> str:
     """Everything after a successful claim; the run is this attempt's until it says otherwise."""
     import metatrain
-    from metatrain.parallel import resolve_workers
+    from metatrain.parallel import resolve_workers, useful_workers
 
     from .artifacts import store_artifacts
     from .reporter import STOP_LOST, DbReporter
@@ -89,13 +89,15 @@ def _train_claimed(run: Run, attempt: int, hostname: str) -> str:
             # Small batches: two intra-op threads collapse when another process shares the
             # cores (measured 10x slower here); scale with more worker processes instead.
             torch.set_num_threads(settings.WORKER_TORCH_THREADS)
-        task_workers = resolve_workers(settings.WORKER_TASK_WORKERS, torch.device(device))
+        config = metatrain.Config.from_dict(run.config)
+        task_workers = useful_workers(
+            config, resolve_workers(settings.WORKER_TASK_WORKERS, torch.device(device))
+        )
         # after the thread count it reports
         device_name = workers.describe_device(task_workers=task_workers)
         lifecycle.record_device(run, attempt, device_name)
         workers.set_current_run(hostname, run.pk, device=device_name)
 
-        config = metatrain.Config.from_dict(run.config)
         out_dir = run_dir(run)
         with reporter.keep_alive(SILENT_PHASE_SECONDS):
             result = metatrain.train(

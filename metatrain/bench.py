@@ -17,6 +17,9 @@ What is compared (omniglot-5way-1shot, real Omniglot from ``$METATRAIN_DATA``):
 - evaluation: (a) the library's ``evaluate()`` on a network, with task workers, timed from its
   first task after the warm-up ones to its return; (b) ``plain_eval_task``: deepcopy + fresh
   Adam + 50 steps of batch 5 + predicting the (transductive) queries.
+- sine evaluation (the ``sine`` preset, no data needed): ``evaluate()``, which adapts 100 tasks
+  at once (``metatrain.stacked``), against ``plain_sine_eval_task``: deepcopy + fresh SGD + 32
+  steps of batch 10 + the query grid's loss.
 
 Both sides are warmed up first, then timed in alternating rounds (A B, B A, ...) so that load
 from other processes falls on both alike. ``tests/metatrain/test_bench.py`` checks that the
@@ -42,7 +45,15 @@ from torch import nn
 
 from . import seeding
 from .config import Config, preset
-from .data import Task, TaskSampler, load_class_splits, mini_batches, omniglot_available
+from .data import (
+    SineTask,
+    SineTaskSampler,
+    Task,
+    TaskSampler,
+    load_class_splits,
+    mini_batches,
+    omniglot_available,
+)
 from .models import build_model
 from .parallel import usable_cores
 from .reporting import Reporter
@@ -53,11 +64,13 @@ __all__ = [
     "machine_info",
     "plain_meta_step",
     "plain_eval_task",
+    "plain_sine_eval_task",
     "run_bench",
     "format_report",
 ]
 
 PRESET = "omniglot-5way-1shot"
+SINE_PRESET = "sine"
 TRAIN_WARMUP = 2  # meta-iterations run before the clock starts (first Adam step allocates)
 EVAL_WARMUP = 2  # evaluation tasks run before the clock starts
 CALIBRATION = 3  # timed iterations / tasks used to size the default run
@@ -132,6 +145,24 @@ def plain_eval_task(
     with torch.no_grad():
         pred = learner(task.query_x).argmax(1)
     return (pred == task.query_y).float().mean().item()
+
+
+def plain_sine_eval_task(
+    model: nn.Module, task: SineTask, config: Config, rng: np.random.Generator
+) -> float:
+    """Query mean squared error of one sine task the usual way: deepcopy, a fresh SGD,
+    ``eval_inner_iters`` steps of ``eval_inner_batch``, then the query grid."""
+    learner = copy.deepcopy(model)
+    optimizer = torch.optim.SGD(learner.parameters(), lr=config.inner_lr)
+    for xb, yb in mini_batches(
+        task.support_x, task.support_y, config.eval_inner_batch, config.eval_inner_iters, rng
+    ):
+        loss = F.mse_loss(learner(xb), yb)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return F.mse_loss(learner(task.query_x), task.query_y).item()
 
 
 # --- machine --------------------------------------------------------------------------------
@@ -300,6 +331,24 @@ class _PlainEvaluator:
         return _since(t0)
 
 
+class _PlainSineEvaluator:
+    def __init__(self, model: nn.Module, config: Config, device: torch.device):
+        self.model = model
+        self.config = config
+        self.device = device
+        self.rng = seeding.eval_rng(config.seed, "test")
+        sampler = SineTaskSampler(self.rng, config.sine_points)
+        self.sample = lambda: sampler.sample().to(device)
+
+    def run(self, n: int) -> Seconds:
+        _sync(self.device)
+        t0 = _now()
+        for _ in range(n):
+            plain_sine_eval_task(self.model, self.sample(), self.config, self.rng)
+        _sync(self.device)
+        return _since(t0)
+
+
 def _split(total: int, rounds: int) -> list[int]:
     rounds = max(1, min(rounds, total))
     base, extra = divmod(total, rounds)
@@ -433,6 +482,20 @@ def run_bench(
         "tasks",
     )
     eval_result["library_workers"] = count
+
+    log("sine evaluation, tasks adapted 100 at a time (metatrain.stacked) (tasks/s):")
+    sine = preset(SINE_PRESET, seed=config.seed)
+    sine_model = build_model(sine, generator=torch.Generator().manual_seed(0)).to(dev)
+    sine_result = _compare(
+        lambda n: _library_eval(sine_model, sine, n, dev),
+        _PlainSineEvaluator(sine_model, sine, dev).run,
+        eval_tasks,
+        seconds,
+        rounds,
+        log,
+        "tasks",
+    )
+    sine_result["library_workers"] = 1
     machine["load_average_at_end"] = _load()
     c = config
     return {
@@ -456,6 +519,7 @@ def run_bench(
         "train": train_result,
         "train_fresh_adam": fresh_result,
         "evaluate": eval_result,
+        "evaluate_sine": sine_result,
     }
 
 
@@ -485,6 +549,7 @@ def format_report(result: dict[str, Any]) -> str:
         ("training", "train", "iterations"),
         ("train fresh", "train_fresh_adam", "iterations"),
         ("evaluation", "evaluate", "tasks"),
+        ("sine eval", "evaluate_sine", "tasks"),
     ):
         if key not in result:
             continue
@@ -513,4 +578,9 @@ def format_report(result: dict[str, Any]) -> str:
             "train fresh: keep_adam_state=false, each task from a fresh Adam, the plain loop's "
             "own arithmetic; the library trains a meta-batch's tasks side by side.",
         ]
+    if "evaluate_sine" in result:
+        lines.append(
+            "sine eval: the sine preset's evaluation (32 SGD steps per task); the library "
+            "adapts 100 tasks at once with stacked weights, the plain loop one at a time."
+        )
     return "\n".join(lines)

@@ -185,7 +185,11 @@ def test_the_bench_stage_records_run_bench_and_its_report(monkeypatch):
     def fake_run_bench(**kwargs):
         calls.update(kwargs)
         kwargs["log"]("a line")
-        return {"train": {"speedup": 1.5}, "evaluate": {"speedup": 2.0}}
+        return {
+            "train": {"speedup": 1.5},
+            "evaluate": {"speedup": 2.0},
+            "evaluate_sine": {"speedup": 9.0},
+        }
 
     monkeypatch.setattr(bench, "run_bench", fake_run_bench)
     monkeypatch.setattr(bench, "format_report", lambda result: "REPORT")
@@ -194,6 +198,7 @@ def test_the_bench_stage_records_run_bench_and_its_report(monkeypatch):
     result = gpu_report.stage_bench(args, lambda partial: None)
     assert calls["device"] == "cpu" and calls["rounds"] == 2 and 0.5 <= calls["seconds"] < 15
     assert result["train_speedup"] == 1.5 and result["eval_speedup"] == 2.0
+    assert result["sine_eval_speedup"] == 9.0
     assert result["report"] == "REPORT" and result["log"] == ["a line"]
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "TaskPool",
     "TaskWorkerError",
     "usable_cores",
+    "cgroup_cpu_limit",
     "resolve_workers",
     "useful_workers",
     "worker_entry",
@@ -66,11 +67,69 @@ _DEPTH = 1
 
 
 def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, not the machine's count)."""
+    """CPU cores this process may keep busy: its affinity mask (not the machine's count),
+    capped by its cgroup's CPU quota (a container started with ``--cpus 2`` on a 64-core
+    host sees 64 cores in its mask; 64 task workers would then share two cores' time)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    quota = cgroup_cpu_limit()
+    if quota is not None:
+        cores = min(cores, max(1, int(quota)))
+    return cores
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii") as fh:
+            return fh.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def cgroup_cpu_limit(
+    root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup"
+) -> float | None:
+    """This process's CPU quota in cores (quota / period of cgroup v2's ``cpu.max`` or v1's
+    ``cpu.cfs_quota_us``), or None where there is none or it cannot be read."""
+    text = _read(proc_cgroup)
+    if text is None:
+        return None
+    limits: list[float] = []
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        hierarchy, controllers, path = parts[0], parts[1], parts[2].lstrip("/")
+        if hierarchy == "0" and controllers == "":  # cgroup v2
+            for folder in (os.path.join(root, path), root):
+                value = _read(os.path.join(folder, "cpu.max"))
+                if value is None:
+                    continue
+                quota, _, period = value.partition(" ")
+                if quota != "max" and _positive(quota) and _positive(period):
+                    limits.append(int(quota) / int(period))
+                break
+        elif "cpu" in controllers.split(","):  # cgroup v1
+            for folder in (
+                os.path.join(root, controllers, path),
+                os.path.join(root, "cpu", path),
+                os.path.join(root, controllers),
+                os.path.join(root, "cpu"),
+            ):
+                quota = _read(os.path.join(folder, "cpu.cfs_quota_us"))
+                period = _read(os.path.join(folder, "cpu.cfs_period_us"))
+                if quota is None or period is None:
+                    continue
+                if _positive(quota) and _positive(period):  # -1: no quota
+                    limits.append(int(quota) / int(period))
+                break
+    return min(limits) if limits else None
+
+
+def _positive(text: str) -> bool:
+    return text.isdigit() and int(text) > 0
 
 
 def resolve_workers(workers: int | str | None, device: torch.device) -> int:

@@ -19,7 +19,13 @@ from metatrain import Config, evaluate, preset, train
 from metatrain.algorithms import Learner, make_algorithm
 from metatrain.checkpoint import load_checkpoint
 from metatrain.models import build_model
-from metatrain.parallel import TaskPool, TaskWorkerError, resolve_workers, usable_cores
+from metatrain.parallel import (
+    TaskPool,
+    TaskWorkerError,
+    cgroup_cpu_limit,
+    resolve_workers,
+    usable_cores,
+)
 from tests.metatrain.synthetic import synthetic_splits, tiny_config
 
 train_module = importlib.import_module("metatrain.train")
@@ -177,3 +183,58 @@ def test_worker_count_resolution():
         resolve_workers(0, CPU)
     with pytest.raises(ValueError, match="at least 2"):
         TaskPool(build_model(tiny()), tiny(), 1)
+
+
+# --- cores a container may use ----------------------------------------------------------
+
+
+def _cgroup(tmp_path, membership: str, files: dict[str, str]) -> tuple[str, str]:
+    """A fake /sys/fs/cgroup under tmp_path and a fake /proc/self/cgroup."""
+    root = tmp_path / "cgroup"
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+    proc = tmp_path / "proc_self_cgroup"
+    proc.write_text(membership + "\n")
+    return str(root), str(proc)
+
+
+@pytest.mark.parametrize(
+    ("membership", "files", "expected"),
+    [
+        ("0::/", {"cpu.max": "200000 100000"}, 2.0),  # cgroup v2, docker --cpus 2
+        ("0::/job/7", {"job/7/cpu.max": "150000 100000"}, 1.5),  # the process's own group
+        ("0::/", {"cpu.max": "max 100000"}, None),  # no quota
+        (
+            "4:cpu,cpuacct:/docker/abc",
+            {
+                "cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "300000",
+                "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000",
+            },
+            3.0,
+        ),  # cgroup v1
+        (
+            "4:cpu,cpuacct:/",
+            {"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"},
+            None,
+        ),  # v1 without a quota
+        ("0::/", {}, None),  # nothing to read
+        ("0::/", {"cpu.max": "garbage"}, None),
+    ],
+)
+def test_the_cgroup_cpu_quota_is_read_in_cores(tmp_path, membership, files, expected):
+    root, proc = _cgroup(tmp_path, membership, files)
+    assert cgroup_cpu_limit(root, proc) == expected
+
+
+def test_a_container_quota_caps_the_task_workers_auto_starts(monkeypatch):
+    import metatrain.parallel as parallel
+
+    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: set(range(64)))
+    monkeypatch.setattr(parallel, "cgroup_cpu_limit", lambda: 2.5)
+    assert usable_cores() == 2 and resolve_workers("auto", CPU) == 2
+    monkeypatch.setattr(parallel, "cgroup_cpu_limit", lambda: 0.5)
+    assert usable_cores() == 1  # a fraction of a core still runs one
+    monkeypatch.setattr(parallel, "cgroup_cpu_limit", lambda: None)
+    assert usable_cores() == 64

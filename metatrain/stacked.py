@@ -13,7 +13,10 @@ workers of ``metatrain.parallel``.
 
 Only plain SGD qualifies: it is stateless, so a task's steps depend on nothing but its own
 data. Each task's mini-batches are drawn exactly as in the per-task loop (``batch_order``);
-results equal the per-task loop's up to floating-point rounding (tested).
+results equal the per-task loop's up to floating-point rounding (tested), with one caveat:
+from a poor initialization SGD diverges on a few tasks, and there rounding decides how far
+(a 200-iteration sine run: mean loss over 1,000 tasks 2.79 stacked, 2.97 one at a time; a
+4,000-iteration run: 1.1871 and 1.1866). The evaluation loop in ``bench`` measured 14.6x.
 """
 
 from __future__ import annotations

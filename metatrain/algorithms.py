@@ -130,6 +130,8 @@ class Learner:
                 capturable=use_graphs,
             )
         elif optimizer == "sgd":
+            # Kept for its state_dict and lr (checkpoints, evaluation); ``step`` applies the
+            # update itself.
             self.optimizer = torch.optim.SGD(self.params, lr=lr, foreach=True)
         else:
             raise ValueError(f"unknown inner optimizer {optimizer!r}")
@@ -168,6 +170,16 @@ class Learner:
         replayed = self.graphs.step(x, y) if self.graphs is not None else None
         if replayed is not None:
             out, loss = replayed  # the graph's buffers: used below before the next step
+        elif self.optimizer_name == "sgd":
+            # What torch.optim.SGD(foreach=True) does without momentum or weight decay, minus
+            # its per-call bookkeeping and the .grad buffers: bit-identical (tested), and
+            # 0.17 instead of 0.25 ms per step of the sine MLP, where that overhead is the step.
+            out = self.model(x)
+            loss = self.loss(out, y)
+            grads = torch.autograd.grad(loss, self.params)
+            with torch.no_grad():
+                lr = self.optimizer.param_groups[0]["lr"]
+                torch._foreach_add_(self.params, grads, alpha=-lr)
         else:
             out = self.model(x)
             loss = self.loss(out, y)

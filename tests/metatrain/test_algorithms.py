@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -263,3 +265,25 @@ def test_reptile_reports_inner_accuracy_for_classification():
     )
     assert set(metrics) == {"inner_loss", "inner_accuracy"}
     assert 0.0 <= metrics["inner_accuracy"] <= 1.0
+
+
+def test_an_sgd_learner_steps_exactly_as_torch_optim_sgd():
+    """Learner.step applies plain SGD itself (faster on tiny MLPs); the weights must be the
+    ones torch.optim.SGD(foreach=True) gives, bit for bit."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1, 32), nn.Tanh(), nn.Linear(32, 1))
+    reference = copy.deepcopy(model)
+    initial = [p.detach().clone() for p in model.parameters()]
+    learner = Learner(model, classification=False, optimizer="sgd", lr=0.02)
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.02, foreach=True)
+    for _ in range(50):
+        x = torch.rand(10, 1) * 10 - 5
+        y = torch.sin(x)
+        learner.step(x, y)
+        loss = torch.nn.functional.mse_loss(reference(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for mine, theirs in zip(model.parameters(), reference.parameters(), strict=True):
+        assert torch.equal(mine, theirs)
+    assert not torch.equal(initial[0], model[0].weight)  # it did train

@@ -42,6 +42,7 @@ from torch import nn
 from .config import Config
 from .cuda_graphs import GraphedSteps, graphs_supported
 from .data import batch_order, batches_in_order
+from .stacked import stacks_tasks, train_regression_tasks
 
 __all__ = [
     "ADAM_EPS",
@@ -342,9 +343,11 @@ class _MetaAlgorithm:
     task order, so the result is bit-identical to the serial loop.
     """
 
-    def __init__(self, learner: Learner, config: Config) -> None:
+    def __init__(self, learner: Learner, config: Config, stack_tasks: bool = True) -> None:
         self.learner = learner
         self.config = config
+        # Regression MLPs with SGD: a meta-batch's tasks adapted at once (metatrain.stacked).
+        self.stacked = stack_tasks and config.meta_batch > 1 and stacks_tasks(learner)
         self._theta = learner.copy_params()
         self._acc = [torch.zeros_like(t) for t in self._theta]
         self._scratch = [torch.zeros_like(t) for t in self._theta]
@@ -365,7 +368,32 @@ class _MetaAlgorithm:
             torch._foreach_zero_(self._acc)
         stats = _Stats()
         n = self.config.meta_batch
-        if pool is not None:
+        if self.stacked:
+            tasks, orders = [], []
+            for _ in range(n):  # drawn in the one-task loop's order
+                tasks.append(sample_task())
+                orders.append(task_batch_orders(self.config, tasks[-1], rng))
+            step_losses: list[torch.Tensor] = []
+            shares = train_regression_tasks(
+                learner.model,
+                self._theta,
+                tasks,
+                orders,
+                learner.optimizer.param_groups[0]["lr"],
+                fomaml=self.config.algorithm == "fomaml",
+                step_losses=step_losses,
+            )
+            batches = [len(o) for o in orders[0]] + (
+                [len(tasks[0][3])] if self.config.algorithm == "fomaml" else []
+            )
+            for t in range(n):  # summed in task order, as the one-task loop does
+                for losses, size in zip(step_losses, batches, strict=True):
+                    stats.add(losses[t], None, size)
+                with torch.no_grad():
+                    torch._foreach_add_(self._acc, [share[t] for share in shares])
+            if tick is not None:
+                tick()
+        elif pool is not None:
             if learner.keep_state:
                 raise ValueError(
                     "tasks that share Adam's moments (keep_adam_state) cannot run side by side"
@@ -421,8 +449,9 @@ class FOMAML(_MetaAlgorithm):
         torch._foreach_add_(params, self._acc, alpha=step_size / n)
 
 
-def make_algorithm(learner: Learner, config: Config) -> Reptile | FOMAML:
-    """The algorithm named by ``config.algorithm`` around ``learner``."""
+def make_algorithm(learner: Learner, config: Config, stack_tasks: bool = True) -> Reptile | FOMAML:
+    """The algorithm named by ``config.algorithm`` around ``learner``. ``stack_tasks``: adapt
+    a meta-batch of regression tasks at once where ``metatrain.stacked`` applies."""
     if config.algorithm == "fomaml":
-        return FOMAML(learner, config)
-    return Reptile(learner, config)
+        return FOMAML(learner, config, stack_tasks)
+    return Reptile(learner, config, stack_tasks)

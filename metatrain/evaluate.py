@@ -53,7 +53,7 @@ from .models import build_from_architecture
 from .parallel import TaskPool, resolve_workers
 from .reporting import Heartbeat, Reporter
 from .runtime import prepare_model, resolve_device, to_device
-from .stacked import evaluate_regression_tasks, stackable
+from .stacked import evaluate_regression_tasks, stacks_tasks
 from .stats import CI_METHOD, mean_ci95
 
 __all__ = [
@@ -164,12 +164,6 @@ def _predict_each(model: nn.Module, support_x: torch.Tensor, query_x: torch.Tens
         out = _grouped_forward(model, stack.reshape((s + 1) * g, *support_x.shape[1:]), g)
         outs.append(out.view(s + 1, g, -1)[-1])
     return torch.cat(outs)
-
-
-def stacks_tasks(learner: Learner) -> bool:
-    """Whether evaluation adapts many tasks at once (``metatrain.stacked``) rather than one
-    at a time or in task workers: regression MLPs with plain SGD."""
-    return not learner.classification and stackable(learner.model, learner.optimizer_name)
 
 
 def evaluate_task(

@@ -145,19 +145,21 @@ def resolve_workers(workers: int | str | None, device: torch.device) -> int:
     return count
 
 
-def useful_workers(config: Config, count: int) -> int:
-    """The task workers a training run of ``config`` keeps busy: ``count``, or 1 when nothing
-    would run in them. Training tasks run side by side only in a meta-batch of several tasks
-    that do not share Adam's moments; evaluation tasks do unless they are adapted stacked
-    (a regression MLP with SGD, ``metatrain.stacked``), which is far faster than workers."""
+def useful_workers(config: Config, count: int, stack_tasks: bool = True) -> int:
+    """The task workers a training run of ``config`` keeps busy: ``count``, or 1 where its tasks
+    are adapted stacked instead (a regression MLP with SGD, ``metatrain.stacked``: far faster
+    than workers, for training and evaluation alike). Otherwise evaluation tasks always run in
+    the workers (training tasks too when they do not share Adam's moments)."""
     if count <= 1:
         return count
-    chained = config.keep_adam_state and config.inner_optimizer == "adam"
-    trains_side_by_side = config.meta_batch > 1 and not chained
-    evaluates_stacked = not config.is_classification and stackable(
-        build_model(config), config.inner_optimizer
+    stacked = (
+        stack_tasks
+        and not config.is_classification
+        and stackable(build_model(config), config.inner_optimizer)
     )
-    return count if trains_side_by_side or not evaluates_stacked else 1
+    if stacked:
+        return 1
+    return count
 
 
 def _dumps(value: Any) -> bytes:

@@ -22,12 +22,20 @@ from a poor initialization SGD diverges on a few tasks, and there rounding decid
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["stackable", "stacked_forward", "stacked_adapt", "evaluate_regression_tasks"]
+__all__ = [
+    "stackable",
+    "stacks_tasks",
+    "stacked_forward",
+    "stacked_adapt",
+    "train_regression_tasks",
+    "evaluate_regression_tasks",
+]
 
 # Elementwise activations: they act on a stacked (T, N, features) tensor unchanged.
 _ELEMENTWISE = (nn.Tanh, nn.ReLU, nn.Sigmoid, nn.Identity)
@@ -47,6 +55,12 @@ def stackable(model: nn.Module, optimizer_name: str) -> bool:
         elif not isinstance(module, _ELEMENTWISE):
             return False
     return linears > 0
+
+
+def stacks_tasks(learner: Any) -> bool:
+    """Whether a ``Learner``'s tasks are adapted stacked rather than one at a time or in task
+    workers: regression (mean squared error) with a stackable MLP and plain SGD."""
+    return not learner.classification and stackable(learner.model, learner.optimizer_name)
 
 
 def _stack(values: Sequence[torch.Tensor], tasks: int) -> list[torch.Tensor]:
@@ -89,12 +103,14 @@ def stacked_adapt(
     ys: torch.Tensor,
     orders: np.ndarray,
     lr: float,
+    step_losses: list[torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
     """SGD on the mean-squared-error of T regression tasks at once, every task starting from
     ``theta``; returns the stacked adapted weights.
 
     ``xs``, ``ys``: (T, N, features) support sets; ``orders``: (T, steps, batch) example
-    indices from ``batch_order``, one row of steps per task.
+    indices from ``batch_order``, one row of steps per task. ``step_losses``: each step's
+    (T,) losses, measured before its update, are appended to it.
     """
     tasks = xs.shape[0]
     weights = _stack(theta, tasks)
@@ -104,11 +120,48 @@ def stacked_adapt(
     rows = torch.arange(tasks, device=xs.device)[:, None]
     for step in range(index.shape[1]):
         batch = index[:, step]  # (T, batch)
-        loss = _task_losses(model, weights, xs[rows, batch], ys[rows, batch]).sum()
-        grads = torch.autograd.grad(loss, weights)
+        losses = _task_losses(model, weights, xs[rows, batch], ys[rows, batch])
+        if step_losses is not None:
+            step_losses.append(losses.detach())
+        grads = torch.autograd.grad(losses.sum(), weights)
         with torch.no_grad():
             torch._foreach_add_(weights, grads, alpha=-lr)
     return [w.detach() for w in weights]
+
+
+def train_regression_tasks(
+    model: nn.Sequential,
+    theta: Sequence[torch.Tensor],
+    tasks: Sequence[Sequence[torch.Tensor]],
+    orders: Sequence[np.ndarray],
+    lr: float,
+    *,
+    fomaml: bool,
+    step_losses: list[torch.Tensor] | None = None,
+) -> list[torch.Tensor]:
+    """Every task's share of a meta-update, stacked, as ``algorithms.task_update`` computes it
+    one task at a time: Reptile's adapted weights, or FOMAML's last step's change, taken on
+    the task's tail batch (``task[2]``, ``task[3]``) from the adapted weights."""
+    support_x = torch.stack([t[0] for t in tasks])
+    support_y = torch.stack([t[1] for t in tasks])
+    adapted = stacked_adapt(model, theta, support_x, support_y, np.stack(orders), lr, step_losses)
+    if not fomaml:
+        return adapted
+    weights = [w.clone().requires_grad_(True) for w in adapted]
+    losses = _task_losses(
+        model, weights, torch.stack([t[2] for t in tasks]), torch.stack([t[3] for t in tasks])
+    )
+    if step_losses is not None:
+        step_losses.append(losses.detach())
+    grads = torch.autograd.grad(losses.sum(), weights)
+    with torch.no_grad():
+        after = [w.detach() for w in weights]
+        torch._foreach_add_(after, grads, alpha=-lr)
+        # phi_i - phi_i', as the one-task loop computes it (the copy, minus, negated).
+        share = [a.clone() for a in adapted]
+        torch._foreach_sub_(share, after)
+        torch._foreach_neg_(share)
+    return share
 
 
 def evaluate_regression_tasks(

@@ -141,6 +141,7 @@ def train(
     device: str | torch.device | None = None,
     workers: int | str | None = 1,
     cuda_graphs: bool = True,
+    stack_tasks: bool = True,
 ) -> TrainResult:
     """Meta-train per ``config`` into ``out_dir`` (resuming if it holds a checkpoint).
 
@@ -149,6 +150,8 @@ def train(
     Validation tasks are always independent; a meta-batch's training tasks only when each
     starts from a fresh inner optimizer (not with ``keep_adam_state``, the paper's setting).
     ``cuda_graphs``: on a GPU, replay each inner step from a CUDA graph (``metatrain.cuda_graphs``).
+    ``stack_tasks``: a regression MLP with SGD (the sine preset) adapts a meta-batch's tasks,
+    and its validation tasks, many at once (``metatrain.stacked``; the same up to rounding).
     """
     if not isinstance(config, Config):
         config = Config.from_dict(config)
@@ -184,7 +187,7 @@ def train(
         if ckpt["torch_rng"].numel():
             torch_gen.set_state(ckpt["torch_rng"])
         start = int(ckpt["iteration"])
-    algorithm = make_algorithm(learner, config)
+    algorithm = make_algorithm(learner, config, stack_tasks)
     sample_task = _training_tasks(config, splits, rng, dev, channels_last)
     val_split = _validation_split(config, splits)
 
@@ -224,9 +227,10 @@ def train(
             heartbeat=heartbeat,
             optimizer_state="training",
             pool=pool,
+            stack_tasks=stack_tasks,
         )
 
-    count = useful_workers(config, resolve_workers(workers, dev))
+    count = useful_workers(config, resolve_workers(workers, dev), stack_tasks)
     pool = TaskPool(model, config, count) if count > 1 else None
     # A meta-batch's tasks share Adam's moments under keep_adam_state: they stay serial.
     train_pool = pool if not learner.keep_state else None

@@ -6,10 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
-from metatrain import Reporter, evaluate, preset
-from metatrain.algorithms import Learner
+from metatrain import Reporter, evaluate, preset, train
+from metatrain.algorithms import Learner, make_algorithm
 from metatrain.data import SineTaskSampler, batch_order
 from metatrain.evaluate import evaluate_task
 from metatrain.models import build_model
@@ -150,8 +151,9 @@ def test_the_evaluation_leaves_the_weights_as_they_were():
 @pytest.mark.parametrize(
     ("config", "expected"),
     [
-        (preset("sine"), 1),  # one task per meta-batch, evaluation stacked: nothing for workers
-        (preset("sine", meta_batch=4), 3),  # SGD keeps no state: training tasks side by side
+        (preset("sine"), 1),  # stacked: nothing for workers to do
+        (preset("sine", meta_batch=4), 1),  # a meta-batch of SGD tasks is stacked too
+        (preset("sine", meta_batch=4, inner_optimizer="adam", keep_adam_state=False), 3),
         (preset("omniglot-5way-1shot"), 3),  # chained Adam trains serially; evaluation does not
         (tiny_config(keep_adam_state=False, meta_batch=1), 3),
     ],
@@ -159,3 +161,66 @@ def test_the_evaluation_leaves_the_weights_as_they_were():
 def test_task_workers_are_started_only_where_something_runs_in_them(config, expected):
     assert useful_workers(config, 3) == expected
     assert useful_workers(config, 1) == 1
+    assert useful_workers(config, 3, stack_tasks=False) == 3
+
+
+@pytest.mark.parametrize("algorithm", ["reptile", "fomaml"])
+def test_a_stacked_meta_step_is_the_one_task_loops_step(algorithm):
+    cfg = preset("sine", meta_batch=4, inner_lr=0.005, algorithm=algorithm, fomaml_tail_shots=5)
+    results = {}
+    for stack in (True, False):
+        model = build_model(cfg, torch.Generator().manual_seed(4))
+        learner = Learner.from_config(model, cfg)
+        algorithm_ = make_algorithm(learner, cfg, stack_tasks=stack)
+        assert algorithm_.stacked is stack
+        rng = np.random.default_rng(7)
+        sampler = SineTaskSampler(rng, cfg.train_shots + (5 if algorithm == "fomaml" else 0))
+        k = cfg.train_shots
+
+        def sample(sampler=sampler, k=k):
+            t = sampler.sample()
+            return t.support_x[:k], t.support_y[:k], t.support_x[k:], t.support_y[k:]
+
+        metrics = [algorithm_.step(sample, 0.5, rng) for _ in range(3)]
+        results[stack] = ([p.detach().clone() for p in model.parameters()], metrics, rng.random())
+    (stacked, stacked_metrics, stacked_draw), (loop, loop_metrics, loop_draw) = (
+        results[True],
+        results[False],
+    )
+    assert stacked_draw == loop_draw  # the same random numbers were consumed
+    for a, b in zip(stacked, loop, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(stacked_metrics, loop_metrics, strict=True):
+        assert a.keys() == b.keys() == {"inner_loss"}
+        assert a["inner_loss"] == pytest.approx(b["inner_loss"], rel=1e-5)
+    initial = build_model(cfg, torch.Generator().manual_seed(4))
+    assert not torch.equal(stacked[0], next(initial.parameters()))  # the steps moved it
+
+
+def test_a_stacked_sine_run_is_reproducible_and_resumes_exactly(tmp_path):
+    cfg = preset(
+        "sine",
+        meta_iters=8,
+        meta_batch=3,
+        checkpoint_interval=2,
+        validation_interval=4,
+        validation_tasks=5,
+    )
+
+    class StopAfter(Reporter):
+        iterations = 0
+
+        def on_iteration(self, iteration, metrics):
+            self.iterations = iteration
+
+        def should_stop(self) -> bool:
+            return self.iterations >= 5
+
+    train(cfg, tmp_path / "a", device="cpu")
+    train(cfg, tmp_path / "b", device="cpu")
+    assert train(cfg, tmp_path / "c", device="cpu", reporter=StopAfter()).stopped
+    train(cfg, tmp_path / "c", device="cpu")
+    weights = [load_file(str(tmp_path / n / "initialization.safetensors")) for n in "abc"]
+    for other in weights[1:]:
+        assert weights[0].keys() == other.keys()
+        assert all(torch.equal(weights[0][k], other[k]) for k in weights[0])

@@ -245,7 +245,8 @@ class CycleResult:
     signal: str
     run_id: int | None = None
     killed_at_iteration: int | None = None
-    checkpoint_at_kill: int | None = None
+    checkpoint_at_kill: int | None = None  # the file's iteration
+    checkpoint_recorded_at_kill: int | None = None  # the database's (may lag the file)
     heartbeat_age_at_kill: float | None = None
     detection_seconds: float | None = None
     detected_as: str = ""
@@ -377,6 +378,14 @@ def _last_trained_iteration(run_dir: Path) -> int | None:
     return last
 
 
+def _checkpoint_on_disk(run_dir: Path) -> int | None:
+    """The iteration of the run's checkpoint file, or None without one."""
+    from metatrain.checkpoint import CHECKPOINT_FILE, load_checkpoint
+
+    path = run_dir / CHECKPOINT_FILE
+    return int(load_checkpoint(path)["iteration"]) if path.exists() else None
+
+
 def check_series(
     run_id: int, total: int, validation_interval: int, names: set[str] = frozenset()
 ) -> dict[str, Any]:
@@ -489,8 +498,17 @@ def run_cycle(result: CycleResult, worker: WorkerProc, owner, plan: Plan) -> Wor
     # The killed worker writes nothing more: this is what the database held at the kill.
     before = Run.objects.get(pk=run.pk)
     snapshot = _points(run.pk)
-    checkpoint = before.checkpoint_iteration
+    # The file is what a resumed attempt starts from. The kill can land after a checkpoint's
+    # file and before its record, so the record may lag; every point up to the file's
+    # iteration was stored before the file was written (Reporter.before_checkpoint).
+    checkpoint = _checkpoint_on_disk(run_dir(before))
     result.checkpoint_at_kill = checkpoint
+    result.checkpoint_recorded_at_kill = before.checkpoint_iteration
+    if checkpoint is None or checkpoint < before.checkpoint_iteration:
+        raise CycleFailed(
+            f"the checkpoint file ({checkpoint}) is behind its record "
+            f"({before.checkpoint_iteration})"
+        )
     result.killed_at_iteration = _last_trained_iteration(run_dir(before))
     if victim.heartbeat_at is not None:
         result.heartbeat_age_at_kill = round(

@@ -314,37 +314,31 @@ def _library_eval(
 
 
 class _PlainEvaluator:
-    def __init__(self, model: nn.Module, config: Config, splits: Any, device: torch.device):
+    """The plain loop's evaluation: ``eval_task(model, task, config, rng)`` on test tasks drawn
+    as ``evaluate()`` draws them (its test-split random stream); ``make_sampler(rng)``
+    returns the task sampler."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: Config,
+        make_sampler: Callable[[np.random.Generator], Any],
+        eval_task: Callable[[nn.Module, Any, Config, np.random.Generator], float],
+        device: torch.device,
+    ):
         self.model = model
         self.config = config
+        self.eval_task = eval_task
         self.device = device
         self.rng = seeding.eval_rng(config.seed, "test")
-        sampler = TaskSampler(splits.test, config.ways, config.shots, config.queries, self.rng)
+        sampler = make_sampler(self.rng)
         self.sample = lambda: sampler.sample().to(device)
 
     def run(self, n: int) -> Seconds:
         _sync(self.device)
         t0 = _now()
         for _ in range(n):
-            plain_eval_task(self.model, self.sample(), self.config, self.rng)
-        _sync(self.device)
-        return _since(t0)
-
-
-class _PlainSineEvaluator:
-    def __init__(self, model: nn.Module, config: Config, device: torch.device):
-        self.model = model
-        self.config = config
-        self.device = device
-        self.rng = seeding.eval_rng(config.seed, "test")
-        sampler = SineTaskSampler(self.rng, config.sine_points)
-        self.sample = lambda: sampler.sample().to(device)
-
-    def run(self, n: int) -> Seconds:
-        _sync(self.device)
-        t0 = _now()
-        for _ in range(n):
-            plain_sine_eval_task(self.model, self.sample(), self.config, self.rng)
+            self.eval_task(self.model, self.sample(), self.config, self.rng)
         _sync(self.device)
         return _since(t0)
 
@@ -471,7 +465,13 @@ def run_bench(
 
     log(f"evaluation, {count} task worker(s) (tasks/s):")
     model = plain_trainer.model  # any weights do: the work per task does not depend on them
-    plain_evaluator = _PlainEvaluator(model, config, splits, dev)
+    plain_evaluator = _PlainEvaluator(
+        model,
+        config,
+        lambda rng: TaskSampler(splits.test, config.ways, config.shots, config.queries, rng),
+        plain_eval_task,
+        dev,
+    )
     eval_result = _compare(
         lambda n: _library_eval(model, config, n, dev, count),
         plain_evaluator.run,
@@ -488,7 +488,13 @@ def run_bench(
     sine_model = build_model(sine, generator=torch.Generator().manual_seed(0)).to(dev)
     sine_result = _compare(
         lambda n: _library_eval(sine_model, sine, n, dev),
-        _PlainSineEvaluator(sine_model, sine, dev).run,
+        _PlainEvaluator(
+            sine_model,
+            sine,
+            lambda rng: SineTaskSampler(rng, sine.sine_points),
+            plain_sine_eval_task,
+            dev,
+        ).run,
         eval_tasks,
         seconds,
         rounds,

@@ -63,6 +63,11 @@ def stacks_tasks(learner: Any) -> bool:
     return not learner.classification and stackable(learner.model, learner.optimizer_name)
 
 
+def _field(tasks: Sequence[Sequence[torch.Tensor]], index: int) -> torch.Tensor:
+    """Field ``index`` of every task (0, 1: support x, y; 2, 3: query or tail x, y), stacked."""
+    return torch.stack([t[index] for t in tasks])
+
+
 def _stack(values: Sequence[torch.Tensor], tasks: int) -> list[torch.Tensor]:
     """``tasks`` copies of each tensor along a new leading dimension, as leaves for autograd."""
     return [v.detach().unsqueeze(0).repeat(tasks, *([1] * v.dim())) for v in values]
@@ -142,15 +147,13 @@ def train_regression_tasks(
     """Every task's share of a meta-update, stacked, as ``algorithms.task_update`` computes it
     one task at a time: Reptile's adapted weights, or FOMAML's last step's change, taken on
     the task's tail batch (``task[2]``, ``task[3]``) from the adapted weights."""
-    support_x = torch.stack([t[0] for t in tasks])
-    support_y = torch.stack([t[1] for t in tasks])
-    adapted = stacked_adapt(model, theta, support_x, support_y, np.stack(orders), lr, step_losses)
+    adapted = stacked_adapt(
+        model, theta, _field(tasks, 0), _field(tasks, 1), np.stack(orders), lr, step_losses
+    )
     if not fomaml:
         return adapted
     weights = [w.clone().requires_grad_(True) for w in adapted]
-    losses = _task_losses(
-        model, weights, torch.stack([t[2] for t in tasks]), torch.stack([t[3] for t in tasks])
-    )
+    losses = _task_losses(model, weights, _field(tasks, 2), _field(tasks, 3))
     if step_losses is not None:
         step_losses.append(losses.detach())
     grads = torch.autograd.grad(losses.sum(), weights)
@@ -184,13 +187,10 @@ def evaluate_regression_tasks(
     if count < pad_to:
         tasks = [*tasks, *[tasks[-1]] * (pad_to - count)]
         orders = [*orders, *[orders[-1]] * (pad_to - count)]
-    support_x = torch.stack([t[0] for t in tasks])
-    support_y = torch.stack([t[1] for t in tasks])
-    query_x = torch.stack([t[2] for t in tasks])
-    query_y = torch.stack([t[3] for t in tasks])
+    query_x, query_y = _field(tasks, 2), _field(tasks, 3)
     with torch.no_grad():
         before = _task_losses(model, _stack(theta, len(tasks)), query_x, query_y)
-    adapted = stacked_adapt(model, theta, support_x, support_y, np.stack(orders), lr)
+    adapted = stacked_adapt(model, theta, _field(tasks, 0), _field(tasks, 1), np.stack(orders), lr)
     with torch.no_grad():
         after = _task_losses(model, adapted, query_x, query_y)
     return after[:count], before[:count]

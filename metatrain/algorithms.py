@@ -42,6 +42,7 @@ from torch import nn
 from .config import Config
 from .cuda_graphs import GraphedSteps, graphs_supported
 from .data import batch_order, batches_in_order
+from .flat_adam import FlatAdam
 from .stacked import stacks_tasks, train_regression_tasks
 
 __all__ = [
@@ -140,6 +141,12 @@ class Learner:
         self.graphs = (
             GraphedSteps(model, self.params, self.optimizer, self.loss) if use_graphs else None
         )
+        # Adam on the CPU: all weights in one go (see metatrain.flat_adam), bit-identical.
+        self.flat_adam = (
+            FlatAdam(self.optimizer)
+            if optimizer == "adam" and FlatAdam.applies_to(self.optimizer)
+            else None
+        )
 
     @property
     def uses_cuda_graphs(self) -> bool:
@@ -193,6 +200,9 @@ class Learner:
             with torch.no_grad():
                 lr = self.optimizer.param_groups[0]["lr"]
                 torch._foreach_add_(self.params, grads, alpha=-lr)
+            return
+        if self.flat_adam is not None:
+            self.flat_adam.step(torch.autograd.grad(loss, self.params))
             return
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -18,6 +18,7 @@ and state loaded from elsewhere is copied into the buffers at the next step.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -30,6 +31,20 @@ def _dense(p: torch.Tensor) -> bool:
     return p.is_contiguous() or (
         p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last)
     )
+
+
+def _compact_state_dict(
+    optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]
+) -> dict[str, Any]:
+    """``state_dict()`` with tensors of their own instead of views into the flat buffers: a
+    pickled view carries its whole buffer (the Omniglot net's state pickled to 16 MB instead
+    of 0.9 MB for the task workers), and a copy does not change as training goes on."""
+    # New dicts: torch packs the optimizer's own per-weight dicts, which must keep the views.
+    state_dict["state"] = {
+        index: {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
+        for index, state in state_dict["state"].items()
+    }
+    return state_dict
 
 
 class FlatAdam:
@@ -48,6 +63,7 @@ class FlatAdam:
         self._steps = torch.zeros(len(self.params))
         self._layout: list[tuple[torch.Size, tuple[int, ...]]] = []
         self._views: dict[str, list[torch.Tensor]] = {}
+        optimizer.register_state_dict_post_hook(_compact_state_dict)
 
     @staticmethod
     def applies_to(optimizer: torch.optim.Optimizer) -> bool:

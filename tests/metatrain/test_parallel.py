@@ -238,3 +238,37 @@ def test_a_container_quota_caps_the_task_workers_auto_starts(monkeypatch):
     assert usable_cores() == 1  # a fraction of a core still runs one
     monkeypatch.setattr(parallel, "cgroup_cpu_limit", lambda: None)
     assert usable_cores() == 64
+
+
+def test_the_parent_runs_on_one_thread_while_its_workers_compute(fake_data):
+    # A second OpenMP thread in the parent spin-waits after each small op and takes a core
+    # from a worker; the parent's own thread count is back once the jobs are done or failed.
+    from metatrain.data import TaskSampler
+
+    cfg = tiny()
+    model = build_model(cfg)
+    sampler = TaskSampler(
+        fake_data.test, cfg.ways, cfg.shots, cfg.queries, np.random.default_rng(0)
+    )
+    order = np.arange(cfg.ways * cfg.shots).reshape(1, -1)
+    threads_while_drawing: list[int] = []
+
+    def jobs(n: int):
+        for _ in range(n):
+            threads_while_drawing.append(torch.get_num_threads())
+            yield sampler.sample(), order
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with TaskPool(model, cfg, 2) as pool:
+            pool.set_weights([p.detach() for p in model.parameters()])
+            scores = list(pool.evaluate_tasks(jobs(3), True))
+            assert len(scores) == 3 and threads_while_drawing == [1, 1, 1]
+            assert torch.get_num_threads() == 2
+            bad_task = (torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long))
+            with pytest.raises(TaskWorkerError):
+                list(pool.evaluate_tasks([(bad_task, np.zeros((1, 2), dtype=np.int64))], True))
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import importlib
+import json
 import pickle
 
 import pytest
@@ -203,3 +205,47 @@ def test_state_dict_holds_copies_that_pickle_small_and_the_buffers_stay_bound():
     assert state_dict["state"][0]["exp_avg_sq"] is not first["exp_avg_sq"]
     assert flat.reset()  # still its own buffers: state_dict() changed nothing in the optimizer
     assert float(state_dict["state"][0]["step"]) == 1.0  # a copy, not the live (reset) state
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"keep_adam_state": True},
+        {"keep_adam_state": False},
+        {"keep_adam_state": True, "algorithm": "fomaml", "fomaml_tail_shots": 2},
+    ],
+    ids=["chained-reptile", "fresh-reptile", "chained-fomaml"],
+)
+def test_a_training_run_with_flat_adam_is_the_run_with_torchs_adam(monkeypatch, tmp_path, changes):
+    from metatrain import train
+    from metatrain.checkpoint import load_checkpoint
+    from tests.metatrain.synthetic import synthetic_splits, tiny_config
+
+    splits = synthetic_splits(seed=5)
+    for module in ("metatrain.train", "metatrain.evaluate"):  # the modules, not the functions
+        monkeypatch.setattr(importlib.import_module(module), "load_class_splits", lambda c: splits)
+    config = tiny_config(meta_iters=8, **changes)
+    flat = train(config, tmp_path / "flat", device="cpu")
+    with monkeypatch.context() as m:
+        m.setattr(FlatAdam, "applies_to", staticmethod(lambda optimizer: False))
+        plain = train(config, tmp_path / "torch", device="cpu")
+    assert flat.iterations_done == plain.iterations_done == 8
+    a = load_checkpoint(tmp_path / "flat" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "torch" / "checkpoint.pt")
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    for i, state in b["optimizer"]["state"].items():
+        assert all(torch.equal(state[k], a["optimizer"]["state"][i][k]) for k in state)
+    assert _timeless(tmp_path / "flat") == _timeless(tmp_path / "torch")
+
+
+def _timeless(run_dir) -> list[dict]:
+    """metrics.jsonl without its wall-clock fields."""
+    records = []
+    with open(run_dir / "metrics.jsonl", encoding="utf-8") as f:
+        for line in f:
+            record = {k: v for k, v in json.loads(line).items() if k != "seconds"}
+            if "validation" in record:
+                record["validation"] = {**record["validation"], "seconds": None}
+            records.append(record)
+    return records

@@ -3,8 +3,8 @@
 Exit codes: 0 success; 2 a bad argument of any kind (unknown preset, invalid value, missing
 run folder or data, a checkpoint of another config), always with one line on stderr and no
 traceback, so scripts can tell "you asked for something impossible" from a crash (1, with a
-traceback); 130 interrupted by Ctrl-C (training writes a checkpoint first and says how to
-resume). Machine-readable results (``evaluate``, ``presets --json``, ``bench --json``) go to
+traceback); 130 interrupted by Ctrl-C, 143 by SIGTERM (training writes a checkpoint first and
+says how to resume). Machine-readable results (``evaluate``, ``presets --json``, ``bench --json``) go to
 stdout; progress and messages go to stderr, so stdout can be piped into ``jq``.
 """
 
@@ -35,11 +35,19 @@ from .data import DataError
 from .reporting import PrintReporter, Reporter
 from .train import CheckpointMismatchError
 
-__all__ = ["main", "parse_set_value", "EXIT_OK", "EXIT_USAGE", "EXIT_INTERRUPTED"]
+__all__ = [
+    "main",
+    "parse_set_value",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "EXIT_INTERRUPTED",
+    "EXIT_TERMINATED",
+]
 
 EXIT_OK = 0
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 PROG = "python -m metatrain"
 
 
@@ -147,18 +155,22 @@ def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
-# --- Ctrl-C ----------------------------------------------------------------------------------
+# --- Ctrl-C and SIGTERM ----------------------------------------------------------------------
 
 
 class StopFlag:
-    """Set by the first Ctrl-C (SIGINT); a second one aborts at once (KeyboardInterrupt).
+    """Set by the first Ctrl-C (SIGINT) or SIGTERM; a second signal aborts at once
+    (KeyboardInterrupt).
 
     Training polls it through ``Reporter.should_stop`` once per meta-iteration, so a Ctrl-C
-    ends the run cleanly at the next iteration boundary with a checkpoint.
+    ends the run cleanly at the next iteration boundary with a checkpoint. SIGTERM does the
+    same: it is what ``timeout``, ``docker stop``, systemd and batch schedulers (SLURM at the
+    time limit) send before they kill, and a run stopped that way should lose nothing.
     """
 
     def __init__(self, stream: IO[str], what: str) -> None:
         self.requested = False
+        self.exit_code = EXIT_INTERRUPTED
         self._stream = stream
         self._what = what
 
@@ -166,21 +178,28 @@ class StopFlag:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        self._stream.write(f"\ninterrupt: stopping {self._what} (press Ctrl-C again to abort)\n")
+        if signum == signal.SIGINT:
+            note = f"interrupt: stopping {self._what} (press Ctrl-C again to abort)"
+        else:
+            self.exit_code = EXIT_TERMINATED
+            note = f"terminated (SIGTERM): stopping {self._what} (a second signal aborts)"
+        self._stream.write(f"\n{note}\n")
         self._stream.flush()
 
 
 @contextlib.contextmanager
-def _sigint_sets(flag: StopFlag) -> Iterator[None]:
-    """Route SIGINT to ``flag`` while the block runs (main thread only; elsewhere a no-op)."""
+def _stop_signals_set(flag: StopFlag) -> Iterator[None]:
+    """Route SIGINT and SIGTERM to ``flag`` while the block runs (main thread only; elsewhere
+    a no-op)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, flag)
+    previous = {sig: signal.signal(sig, flag) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class _TrainReporter(PrintReporter):
@@ -354,7 +373,7 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str], out: IO[str], err: 
     from .train import train
 
     try:
-        with _sigint_sets(flag):
+        with _stop_signals_set(flag):
             result = train(
                 config,
                 run_dir,
@@ -372,7 +391,7 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str], out: IO[str], err: 
         err.write(
             f"\naborted: {run_dir} keeps its last checkpoint, if any; resume with: {resume_hint}\n"
         )
-        return EXIT_INTERRUPTED
+        return flag.exit_code
     if result.stopped:
         if ckpt_path.is_file():
             err.write(
@@ -384,7 +403,7 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str], out: IO[str], err: 
                 "interrupted before the first meta-iteration; nothing was saved. "
                 f"Start again with: {resume_hint}\n"
             )
-        return EXIT_INTERRUPTED
+        return flag.exit_code
     err.write(
         f"wrote {run_dir / INITIALIZATION_FILE}. Evaluate it with: "
         f"{PROG} evaluate {shlex.quote(str(run_dir))}\n"
@@ -457,7 +476,7 @@ def cmd_evaluate(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     progress = _EvalProgress(tasks, flag, err)
     from .evaluate import evaluate
 
-    with _sigint_sets(flag):
+    with _stop_signals_set(flag):
         result = evaluate(
             run_dir,
             config,
@@ -476,7 +495,7 @@ def cmd_evaluate(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     progress.finish(result.tasks)
     if result.stopped:
         err.write(f"interrupted after {result.tasks}/{tasks} tasks; no result printed\n")
-        return EXIT_INTERRUPTED
+        return flag.exit_code
     doc = {k: _json_safe(v) for k, v in result.to_dict().items()}
     doc.update(
         {
@@ -549,7 +568,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         description="Reptile / first-order MAML meta-learning (Nichol et al. 2018).",
-        epilog="Exit codes: 0 ok, 2 bad arguments, 130 interrupted (Ctrl-C).",
+        epilog="Exit codes: 0 ok, 2 bad arguments, 130 interrupted (Ctrl-C), 143 terminated "
+        "(SIGTERM).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -560,7 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="meta-train a preset into a run folder (resumes from its checkpoint)",
         description="Meta-train into --out. If --out holds a checkpoint of the same config, "
-        "training resumes from it; Ctrl-C writes a checkpoint and exits 130.",
+        "training resumes from it; Ctrl-C writes a checkpoint and exits 130 (SIGTERM: 143).",
     )
     p.add_argument("--preset", required=True, metavar="NAME", help=f"one of: {', '.join(PRESETS)}")
     p.add_argument("--iterations", type=_positive, metavar="N", help="meta-iterations (meta_iters)")

@@ -248,11 +248,34 @@ class _CtrlCAt(cli._TrainReporter):
     """Presses Ctrl-C (a real SIGINT to this process) after meta-iteration ``at``."""
 
     at = 3
+    signum = signal.SIGINT
 
     def on_iteration(self, iteration, metrics):
         super().on_iteration(iteration, metrics)
         if iteration == self.at:
-            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(self.signum)
+
+
+class _SigtermAt(_CtrlCAt):
+    """Sends this process SIGTERM (timeout, docker stop, a scheduler's time limit)."""
+
+    signum = signal.SIGTERM
+
+
+def test_sigterm_checkpoints_like_ctrl_c_exits_143_and_a_rerun_resumes(tmp_path, monkeypatch):
+    run_dir = tmp_path / "terminated"
+    before = signal.getsignal(signal.SIGTERM)
+    with monkeypatch.context() as m:
+        m.setattr(cli, "_TrainReporter", _SigtermAt)
+        code, out, err = train_sine(run_dir, 7)
+    assert signal.getsignal(signal.SIGTERM) == before  # the CLI put the handler back
+    assert code == 143
+    assert "terminated (SIGTERM): stopping training" in err
+    assert "interrupted at iteration 3/7" in err and "Resume with:" in err
+    assert int(load_checkpoint(run_dir / "checkpoint.pt")["iteration"]) == 3
+    code, _, err = train_sine(run_dir, 7)
+    assert code == 0, err
+    assert metric_iterations(run_dir) == list(range(1, 8))
 
 
 def test_ctrl_c_checkpoints_exits_130_and_a_rerun_resumes(tmp_path, monkeypatch):
@@ -364,7 +387,10 @@ def test_python_m_metatrain_trains_and_evaluates_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-def test_python_m_metatrain_stops_cleanly_on_sigint(tmp_path):
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["sigint", "sigterm"]
+)
+def test_python_m_metatrain_stops_cleanly_on_a_signal(tmp_path, signum, code):
     run_dir = tmp_path / "r"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     argv = [sys.executable, "-m", "metatrain", "train", *SINE, "--iterations", "1000000"]
@@ -383,13 +409,13 @@ def test_python_m_metatrain_stops_cleanly_on_sigint(tmp_path):
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline
             time.sleep(0.1)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     assert "Resume with: python -m metatrain train" in err
     assert "Traceback" not in err
     assert int(load_checkpoint(run_dir / "checkpoint.pt")["iteration"]) >= 1
@@ -426,3 +452,21 @@ def test_a_bad_workers_environment_variable_is_named(tmp_path, monkeypatch):
     monkeypatch.setenv("METATRAIN_WORKERS", "many")
     code, out, err = run("train", "--preset", "sine", "--out", str(tmp_path))
     assert_usage_error(code, out, err, "METATRAIN_WORKERS")
+
+
+class _SigtermAfterTasks(cli._EvalProgress):
+    """Sends this process SIGTERM once two evaluation tasks are done."""
+
+    def should_stop(self) -> bool:
+        if self.polls == 2:
+            signal.raise_signal(signal.SIGTERM)
+        return super().should_stop()
+
+
+def test_sigterm_during_evaluate_stops_it_exits_143_and_prints_no_result(sine_run, monkeypatch):
+    monkeypatch.setattr(cli, "_EvalProgress", _SigtermAfterTasks)
+    code, out, err = run("evaluate", str(sine_run), "--tasks", "50", "--workers", "1")
+    assert code == 143
+    assert out == ""  # no partial result that a script could mistake for the real one
+    assert "terminated (SIGTERM): stopping evaluation" in err
+    assert "interrupted after 2/50 tasks" in err

@@ -101,6 +101,24 @@ def _task_losses(model, weights, x, y) -> torch.Tensor:
     return ((out - y) ** 2).flatten(1).mean(1)
 
 
+def _sgd_step(
+    model: nn.Sequential,
+    weights: list[torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lr: float,
+    step_losses: list[torch.Tensor] | None,
+) -> None:
+    """One SGD step of every task on its batch, in place; its (T,) losses, measured before
+    the update, are appended to ``step_losses``."""
+    losses = _task_losses(model, weights, x, y)
+    if step_losses is not None:
+        step_losses.append(losses.detach())
+    grads = torch.autograd.grad(losses.sum(), weights)
+    with torch.no_grad():
+        torch._foreach_add_(weights, grads, alpha=-lr)
+
+
 def stacked_adapt(
     model: nn.Sequential,
     theta: Sequence[torch.Tensor],
@@ -125,12 +143,7 @@ def stacked_adapt(
     rows = torch.arange(tasks, device=xs.device)[:, None]
     for step in range(index.shape[1]):
         batch = index[:, step]  # (T, batch)
-        losses = _task_losses(model, weights, xs[rows, batch], ys[rows, batch])
-        if step_losses is not None:
-            step_losses.append(losses.detach())
-        grads = torch.autograd.grad(losses.sum(), weights)
-        with torch.no_grad():
-            torch._foreach_add_(weights, grads, alpha=-lr)
+        _sgd_step(model, weights, xs[rows, batch], ys[rows, batch], lr, step_losses)
     return [w.detach() for w in weights]
 
 
@@ -153,13 +166,9 @@ def train_regression_tasks(
     if not fomaml:
         return adapted
     weights = [w.clone().requires_grad_(True) for w in adapted]
-    losses = _task_losses(model, weights, _field(tasks, 2), _field(tasks, 3))
-    if step_losses is not None:
-        step_losses.append(losses.detach())
-    grads = torch.autograd.grad(losses.sum(), weights)
+    _sgd_step(model, weights, _field(tasks, 2), _field(tasks, 3), lr, step_losses)
+    after = [w.detach() for w in weights]
     with torch.no_grad():
-        after = [w.detach() for w in weights]
-        torch._foreach_add_(after, grads, alpha=-lr)
         # phi_i - phi_i', as the one-task loop computes it (the copy, minus, negated).
         share = [a.clone() for a in adapted]
         torch._foreach_sub_(share, after)

@@ -62,6 +62,15 @@ def assert_same(a: nn.Module, b: nn.Module) -> None:
         assert torch.equal(p, q)
 
 
+def assert_goes_on_like_a_fresh_adam(flat: FlatAdam, model, twin, data) -> None:
+    """``flat`` stepping ``model`` computes what a new torch Adam computes stepping ``twin``."""
+    fresh = adam(twin)
+    for x, y in data:
+        flat.step(grads_of(model, x, y))
+        torch_step(twin, fresh, x, y)
+    assert_same(model, twin)
+
+
 @pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
 def threads(request):
     before = torch.get_num_threads()
@@ -121,11 +130,7 @@ def test_reset_is_a_fresh_adam_and_keeps_the_states_tensors():
     assert flat.reset()
     assert flat.optimizer.state[flat.params[0]]["exp_avg_sq"] is held
     assert float(flat.optimizer.state[flat.params[0]]["step"]) == 0.0
-    fresh = adam(twin)
-    for x, y in data[3:]:
-        flat.step(grads_of(model, x, y))
-        torch_step(twin, fresh, x, y)
-    assert_same(model, twin)
+    assert_goes_on_like_a_fresh_adam(flat, model, twin, data[3:])
 
 
 def test_a_cleared_state_starts_fresh_at_the_next_step():
@@ -136,11 +141,7 @@ def test_a_cleared_state_starts_fresh_at_the_next_step():
     twin.load_state_dict(model.state_dict())
     flat.optimizer.state.clear()
     assert not flat.reset()  # nothing of its own to reset
-    fresh = adam(twin)
-    for x, y in data[1:]:
-        flat.step(grads_of(model, x, y))
-        torch_step(twin, fresh, x, y)
-    assert_same(model, twin)
+    assert_goes_on_like_a_fresh_adam(flat, model, twin, data[1:])
 
 
 def test_state_with_unequal_step_counts_is_left_to_torch():

@@ -68,6 +68,14 @@ def test_the_plain_meta_step_computes_the_library_reptile_step():
     assert any(not torch.equal(a, c) for a, c in moved)  # the step did change the weights
 
 
+def library_evaluation(model, config, sample, tasks, rng, **options):
+    """The library's transductive test evaluation of a copy of ``model``."""
+    learner = Learner.from_config(copy.deepcopy(model), config)
+    return run_evaluation(
+        learner, config, sample, tasks, rng, split="test", transductive=True, **options
+    )
+
+
 def test_the_plain_evaluation_matches_the_library_task_by_task():
     config = small_config()
     splits = synthetic_splits()
@@ -76,15 +84,7 @@ def test_the_plain_evaluation_matches_the_library_task_by_task():
     lib_sampler = TaskSampler(splits.test, config.ways, config.shots, config.queries, rng_lib)
     plain_sampler = TaskSampler(splits.test, config.ways, config.shots, config.queries, rng_plain)
     tasks = 6
-    result = run_evaluation(
-        Learner.from_config(copy.deepcopy(model), config),
-        config,
-        lib_sampler.sample,
-        tasks,
-        rng_lib,
-        split="test",
-        transductive=True,
-    )
+    result = library_evaluation(model, config, lib_sampler.sample, tasks, rng_lib)
     plain = [
         bench.plain_eval_task(model, plain_sampler.sample(), config, rng_plain)
         for _ in range(tasks)
@@ -102,15 +102,8 @@ def test_the_plain_sine_evaluation_matches_the_library_task_by_task(stack_tasks,
     rng_lib, rng_plain = np.random.default_rng(2), np.random.default_rng(2)
     lib_sampler, plain_sampler = SineTaskSampler(rng_lib, 10), SineTaskSampler(rng_plain, 10)
     tasks = 12
-    result = run_evaluation(
-        Learner.from_config(copy.deepcopy(model), config),
-        config,
-        lib_sampler.sample,
-        tasks,
-        rng_lib,
-        split="test",
-        transductive=True,
-        stack_tasks=stack_tasks,
+    result = library_evaluation(
+        model, config, lib_sampler.sample, tasks, rng_lib, stack_tasks=stack_tasks
     )
     plain = [
         bench.plain_sine_eval_task(model, plain_sampler.sample(), config, rng_plain)

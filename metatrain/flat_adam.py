@@ -92,16 +92,16 @@ class FlatAdam:
         """Views shaped and strided like each weight (channels_last included), as torch's
         ``zeros_like(p, memory_format=torch.preserve_format)`` state would be."""
         self._layout = [(p.shape, p.stride()) for p in self.params]
-        views: dict[str, list[torch.Tensor]] = {
-            "grads": [],
-            "exp_avg": [],
-            "exp_avg_sq": [],
-            "denom": [],
+        buffers = {
+            "grads": self._grads,
+            "exp_avg": self._exp_avg,
+            "exp_avg_sq": self._exp_avg_sq,
+            "denom": self._denom,
         }
+        views: dict[str, list[torch.Tensor]] = {name: [] for name in buffers}
         offset = 0
         for p in self.params:
-            for name in views:
-                flat = getattr(self, f"_{name}")
+            for name, flat in buffers.items():
                 views[name].append(flat.as_strided(p.shape, p.stride(), offset))
             offset += p.numel()
         views["step"] = [self._steps[i] for i in range(len(self.params))]
@@ -135,7 +135,7 @@ class FlatAdam:
         state = self.optimizer.state
         held = [state.get(p) for p in self.params]
         if all(not s for s in held):
-            self.zero()
+            self._zero()
         else:
             if not all(s is not None and set(s) == set(_STATE_KEYS) for s in held):
                 return False
@@ -150,7 +150,7 @@ class FlatAdam:
             state[p] = {key: self._views[key][i] for key in _STATE_KEYS}
         return True
 
-    def zero(self) -> None:
+    def _zero(self) -> None:
         """Step 0 and zero moments: what a fresh Adam starts from (in place, keeping the state's
         tensors, so a new task costs no allocation)."""
         with torch.no_grad():
@@ -162,7 +162,7 @@ class FlatAdam:
         """A fresh optimizer state in place; False where the state is not this object's."""
         if not self._bound():
             return False
-        self.zero()
+        self._zero()
         return True
 
     # --- the update ------------------------------------------------------------------------

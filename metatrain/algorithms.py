@@ -44,6 +44,7 @@ from .cuda_graphs import GraphedSteps, graphs_supported
 from .data import batch_order, batches_in_order
 from .flat_adam import FlatAdam
 from .stacked import stacks_tasks, train_regression_tasks
+from .threaded_backward import ThreadedBackward
 
 __all__ = [
     "ADAM_EPS",
@@ -147,6 +148,23 @@ class Learner:
             if optimizer == "adam" and FlatAdam.applies_to(self.optimizer)
             else None
         )
+        # Started by ``use_threaded_backward`` where a second core is the run's to use.
+        self.threaded: ThreadedBackward | None = None
+
+    def use_threaded_backward(self) -> bool:
+        """Compute each inner step's convolution weight gradients on a helper thread
+        (``metatrain.threaded_backward``: bit-identical, for CPU conv nets). Only for a process
+        that has a second core to itself, and on one torch thread: a second intra-op thread
+        would spin beside the helper. Returns whether the helper runs."""
+        if self.threaded is None and ThreadedBackward.supports(self.model):
+            self.threaded = ThreadedBackward(self.model, self.params, self.loss)
+        return self.threaded is not None
+
+    def close(self) -> None:
+        """Stop the helper thread, if any (the learner keeps working without it)."""
+        if self.threaded is not None:
+            self.threaded.close()
+            self.threaded = None
 
     @property
     def uses_cuda_graphs(self) -> bool:
@@ -178,10 +196,13 @@ class Learner:
         replayed = self.graphs.step(x, y) if self.graphs is not None else None
         if replayed is not None:
             out, loss = replayed  # the graph's buffers: used below before the next step
+        elif self.threaded is not None:
+            out, loss, grads = self.threaded(x, y)
+            self._apply_gradients(grads)
         else:
             out = self.model(x)
             loss = self.loss(out, y)
-            self._update(loss)
+            self._apply_gradients(torch.autograd.grad(loss, self.params))
         if stats is not None:
             with torch.no_grad():
                 n = len(y)
@@ -190,22 +211,21 @@ class Learner:
                 else:
                     stats.add(loss.detach(), None, n)
 
-    def _update(self, loss: torch.Tensor) -> None:
-        """The inner optimizer's step for ``loss`` (eagerly, without CUDA graphs)."""
+    def _apply_gradients(self, grads: Sequence[torch.Tensor]) -> None:
+        """The inner optimizer's step for ``grads`` (one per parameter), without CUDA graphs."""
         if self.optimizer_name == "sgd":
             # What torch.optim.SGD(foreach=True) does without momentum or weight decay, minus
             # its per-call bookkeeping and the .grad buffers: bit-identical (tested), and
             # 0.17 instead of 0.25 ms per step of the sine MLP, where that overhead is the step.
-            grads = torch.autograd.grad(loss, self.params)
             with torch.no_grad():
                 lr = self.optimizer.param_groups[0]["lr"]
-                torch._foreach_add_(self.params, grads, alpha=-lr)
+                torch._foreach_add_(self.params, list(grads), alpha=-lr)
             return
         if self.flat_adam is not None:
-            self.flat_adam.step(torch.autograd.grad(loss, self.params))
+            self.flat_adam.step(grads)
             return
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        for p, g in zip(self.params, grads, strict=True):
+            p.grad = g
         self.optimizer.step()
 
     def adapt(

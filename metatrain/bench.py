@@ -233,6 +233,10 @@ class _TrainClock(Reporter):
         self.start = start
         self.t0: tuple[float, float] | None = None
         self.t1: tuple[float, float] | None = None
+        self.info: dict[str, Any] = {}
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        self.info = info
 
     def on_iteration(self, iteration: int, metrics: dict[str, float]) -> None:
         now = _now()  # the loop has synchronised already (float(loss))
@@ -261,9 +265,16 @@ class _EvalClock(Reporter):
 Seconds = tuple[float, float]  # (wall, cpu)
 
 
-def _library_train(config: Config, n: int, device: torch.device, workers: int = 1) -> Seconds:
+def _library_train(
+    config: Config,
+    n: int,
+    device: torch.device,
+    workers: int = 1,
+    started: dict[str, Any] | None = None,
+) -> Seconds:
     """Seconds the real ``train()`` takes for ``n`` meta-iterations after TRAIN_WARMUP (the
-    task workers start before the first of those, outside the clock)."""
+    task workers start before the first of those, outside the clock). ``started`` is given
+    what ``train()`` told its reporter's ``on_start``."""
     from .train import train
 
     total = TRAIN_WARMUP + n
@@ -271,6 +282,8 @@ def _library_train(config: Config, n: int, device: torch.device, workers: int = 
     clock = _TrainClock(TRAIN_WARMUP)
     with tempfile.TemporaryDirectory(prefix="metatrain-bench-") as out:
         train(cfg, out, reporter=clock, device=device, workers=workers)
+    if started is not None:
+        started.update(clock.info)
     assert clock.t0 is not None and clock.t1 is not None
     return clock.t1[0] - clock.t0[0], clock.t1[1] - clock.t0[1]
 
@@ -439,8 +452,9 @@ def run_bench(
 
     log("meta-training, the preset (Adam state chained across tasks) (meta-iterations/s):")
     plain_trainer = _PlainTrainer(config, splits, dev)
+    started: dict[str, Any] = {}
     train_result = _compare(
-        lambda n: _library_train(config, n, dev),
+        lambda n: _library_train(config, n, dev, count, started),
         plain_trainer.run,
         iterations,
         seconds,
@@ -449,6 +463,7 @@ def run_bench(
         "iterations",
     )
     train_result["library_workers"] = 1
+    train_result["threaded_backward"] = bool(started.get("threaded_backward"))
 
     fresh = config.replace(keep_adam_state=False)
     log(f"meta-training, fresh Adam per task, {count} task worker(s) (meta-iterations/s):")
@@ -571,7 +586,9 @@ def format_report(result: dict[str, Any]) -> str:
             # CPU time is this process's: with task workers it would leave their work out.
             line += (
                 f"  (per CPU second: {lib[f'{unit}_per_cpu_s']:.2f} "
-                f"vs {plain[f'{unit}_per_cpu_s']:.2f}, {r['speedup_cpu']:.2f}x)"
+                f"vs {plain[f'{unit}_per_cpu_s']:.2f}, {r['speedup_cpu']:.2f}x"
+                + ("; library on 2 threads" if r.get("threaded_backward") else "")
+                + ")"
             )
         else:
             line += f"  ({r['library_workers']} task workers)"

@@ -53,6 +53,7 @@ __all__ = [
     "cgroup_cpu_limit",
     "resolve_workers",
     "useful_workers",
+    "one_thread",
     "worker_entry",
 ]
 
@@ -440,7 +441,7 @@ class TaskPool:
         by ending its iterator: answers already in flight are still collected and yielded.
         Stopping the consumer part-way leaves answers in the pipes: close the pool then.
         """
-        with _one_thread():
+        with one_thread():
             yield from self._jobs(kind, payloads)
 
     def _jobs(self, kind: str, payloads: Iterable[Any]) -> Iterator[Any]:
@@ -499,12 +500,12 @@ class TaskPool:
 
 
 @contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """The parent on one torch thread while its workers compute. Its own work meanwhile is
-    small (sampling, summing answers), and a second OpenMP thread spin-waits after each of
-    those ops, taking a core from a worker: with two threads the parent burned 50-56 ms of
-    CPU per meta-iteration of a fresh-Adam run on two workers instead of 9, and the
-    meta-iteration took 91-106 ms instead of 82 (2-core machine)."""
+def one_thread() -> Iterator[None]:
+    """This thread on one torch thread while other threads or processes compute beside it
+    (task workers, or ``metatrain.threaded_backward``'s helper). A second OpenMP thread
+    spin-waits after each small op and takes a core from them: with two threads the parent
+    of two task workers burned 50-56 ms of CPU per meta-iteration of a fresh-Adam run
+    instead of 9, and the meta-iteration took 91-106 ms instead of 82 (2-core machine)."""
     before = torch.get_num_threads()
     if before != 1:
         torch.set_num_threads(1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -325,3 +326,62 @@ def test_print_reporter_draws_one_progress_line_with_eta(fake_data, tmp_path):
     assert "\r[" in text and "6/6" in text and "ETA" in text and "it/s" in text
     assert "validation @ 2 (test, 2 tasks): accuracy" in text
     assert text.rstrip().endswith(f"finished at 6/6: {tmp_path}")
+
+
+# --- a spare core for serial tasks -------------------------------------------------------
+
+
+class _ThreadsSeen(Recorder):
+    """Records the torch thread count and the helper thread at every iteration."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[int, bool]] = []
+
+    def on_iteration(self, iteration, metrics):
+        super().on_iteration(iteration, metrics)
+        names = {t.name for t in threading.enumerate()}
+        self.seen.append((torch.get_num_threads(), "metatrain-backward" in names))
+
+
+@pytest.mark.parametrize("algorithm", ["reptile", "fomaml"])
+def test_chained_tasks_with_a_spare_core_use_the_helper_thread_and_the_same_numbers(
+    fake_data, tmp_path, monkeypatch, algorithm
+):
+    # Chained Adam keeps a meta-batch's tasks serial; with two cores the second computes each
+    # step's weight gradients (metatrain.threaded_backward), to the bits of one thread alone.
+    cfg = tiny(algorithm=algorithm, fomaml_tail_shots=2, validation_interval=0)
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("no task workers: chained tasks and no validation to run")
+
+    monkeypatch.setattr(train_module, "TaskPool", no_pool)
+    one, two = _ThreadsSeen(), _ThreadsSeen()
+    train(cfg, tmp_path / "one", reporter=one, device="cpu", workers=1)  # one torch thread
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        train(cfg, tmp_path / "two", reporter=two, device="cpu", workers=2)
+        assert torch.get_num_threads() == 2  # given back after the run
+    finally:
+        torch.set_num_threads(before)
+    assert one.of("start")[0][1]["threaded_backward"] is False
+    assert two.of("start")[0][1]["threaded_backward"] is True
+    assert one.seen == [(1, False)] * cfg.meta_iters
+    assert two.seen == [(1, True)] * cfg.meta_iters  # one torch thread beside the helper
+    assert "metatrain-backward" not in {t.name for t in threading.enumerate()}
+    _assert_same_weights(_weights(tmp_path / "one"), _weights(tmp_path / "two"))
+    many = Recorder()  # a process given more intra-op threads keeps them
+    torch.set_num_threads(3)
+    try:
+        train(cfg.replace(meta_iters=1), tmp_path / "many", reporter=many, workers=2)
+    finally:
+        torch.set_num_threads(before)
+    assert many.of("start")[0][1]["threaded_backward"] is False
+    a = load_checkpoint(tmp_path / "one" / "checkpoint.pt")["optimizer"]["state"]
+    b = load_checkpoint(tmp_path / "two" / "checkpoint.pt")["optimizer"]["state"]
+    for x, y in zip(a.values(), b.values(), strict=True):
+        assert all(torch.equal(x[k], y[k]) for k in x)
+    assert _training_lines(_metric_lines(tmp_path / "one")) == _training_lines(
+        _metric_lines(tmp_path / "two")
+    )

@@ -1,0 +1,209 @@
+"""The two-thread inner step (metatrain.threaded_backward): autograd's numbers, clean failures."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections import OrderedDict
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metatrain import preset
+from metatrain.models import build_model
+from metatrain.threaded_backward import ThreadedBackward
+from tests.metatrain.synthetic import tiny_config
+
+
+def _summed_cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(out, y, reduction="sum")
+
+
+def _net_and_batch(name: str, batch: int, channels_last: bool, seed: int = 0):
+    config = tiny_config() if name == "tiny" else preset(name)
+    model = build_model(config, generator=torch.Generator().manual_seed(seed))
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.rand(batch, config.in_channels, config.image_size, config.image_size, generator=g)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, config.ways, (batch,), generator=g)
+    return model, x, y
+
+
+@pytest.fixture
+def threaded():
+    made: list[ThreadedBackward] = []
+
+    def make(model: nn.Module) -> ThreadedBackward:
+        made.append(ThreadedBackward(model, list(model.parameters()), _summed_cross_entropy))
+        return made[-1]
+
+    yield make
+    for t in made:
+        t.close()
+
+
+@pytest.mark.parametrize(
+    ("name", "batch", "channels_last"),
+    [
+        ("omniglot-5way-1shot", 10, True),
+        ("omniglot-5way-1shot", 10, False),
+        ("omniglot-20way-1shot", 20, True),
+        ("miniimagenet-5way-1shot", 4, True),  # max-pool between batch norm and ReLU
+        ("tiny", 6, True),
+    ],
+)
+def test_loss_output_and_every_gradient_are_autograds_to_the_bit(
+    threaded, name, batch, channels_last
+):
+    model, x, y = _net_and_batch(name, batch, channels_last)
+    params = list(model.parameters())
+    expected_out = model(x)
+    expected_loss = _summed_cross_entropy(expected_out, y)
+    expected = torch.autograd.grad(expected_loss, params)
+
+    step = threaded(model)
+    for _ in range(2):  # the helper's second round uses the same queues
+        out, loss, grads = step(x, y)
+        assert torch.equal(out, expected_out.detach()) and torch.equal(loss, expected_loss)
+        assert not out.requires_grad and not loss.requires_grad
+        assert len(grads) == len(params)
+        for g, e, p in zip(grads, expected, params, strict=True):
+            assert g.shape == p.shape and g.stride() == e.stride()
+            assert torch.equal(g, e)
+
+
+def test_the_gradients_follow_the_order_of_the_params_given(threaded):
+    model, x, y = _net_and_batch("tiny", 6, True)
+    params = list(model.parameters())[::-1]
+    step = ThreadedBackward(model, params, _summed_cross_entropy)
+    try:
+        _, _, grads = step(x, y)
+    finally:
+        step.close()
+    expected = torch.autograd.grad(_summed_cross_entropy(model(x), y), params)
+    assert all(torch.equal(g, e) for g, e in zip(grads, expected, strict=True))
+
+
+def _conv_block(**conv) -> nn.Sequential:
+    return nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(1, 4, 3, **conv),
+            norm1=nn.BatchNorm2d(4, track_running_stats=False),
+            relu1=nn.ReLU(),
+            flatten=nn.Flatten(),
+            fc=nn.Linear(4 * 6 * 6, 3),
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        build_model(preset("sine")),  # an MLP: nothing to overlap
+        nn.Sequential(
+            nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten()
+        ),  # running stats
+        nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten()),  # no batch norm
+        _conv_block(padding="same"),  # padding by name, another aten operation
+        nn.Sequential(
+            nn.Conv2d(2, 4, 3, groups=2), nn.BatchNorm2d(4, track_running_stats=False), nn.ReLU()
+        ),  # grouped, and nothing after the trunk
+        _conv_block().double(),
+    ],
+    ids=["mlp", "running-stats", "no-norm", "padding-same", "grouped-no-head", "float64"],
+)
+def test_only_cpu_float32_conv_nets_with_batch_statistics_are_supported(model):
+    assert not ThreadedBackward.supports(model)
+    with pytest.raises(ValueError, match="conv nets"):
+        ThreadedBackward(model, list(model.parameters()), _summed_cross_entropy)
+
+
+def test_a_one_block_trunk_is_supported_and_exact(threaded):
+    model = _conv_block()
+    x, y = torch.rand(5, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1])
+    assert ThreadedBackward.supports(model)
+    _, _, grads = threaded(model)(x, y)
+    expected = torch.autograd.grad(_summed_cross_entropy(model(x), y), list(model.parameters()))
+    assert all(torch.equal(g, e) for g, e in zip(grads, expected, strict=True))
+
+
+def test_foreign_params_are_refused():
+    model = _conv_block()
+    with pytest.raises(ValueError, match="own parameters"):
+        ThreadedBackward(model, [nn.Parameter(torch.zeros(3))], _summed_cross_entropy)
+
+
+def test_a_failure_on_either_thread_is_raised_and_the_next_step_works(threaded, monkeypatch):
+    from metatrain import threaded_backward
+
+    model, x, y = _net_and_batch("tiny", 6, True)
+    step = threaded(model)
+    real = threaded_backward._conv_backward
+    calls: list[str] = []
+
+    def failing_on_the_helper(grad, conv_in, conv, input_grad):
+        calls.append(threading.current_thread().name)
+        if threading.current_thread().name == "metatrain-backward":
+            raise RuntimeError("weight gradient failed")
+        return real(grad, conv_in, conv, input_grad)
+
+    monkeypatch.setattr(threaded_backward, "_conv_backward", failing_on_the_helper)
+    with pytest.raises(RuntimeError, match="weight gradient failed"):
+        step(x, y)
+    assert "metatrain-backward" in calls  # the helper did take its share
+
+    monkeypatch.setattr(threaded_backward, "_conv_backward", real)
+    _, _, grads = step(x, y)  # no stale answer of the failed step is left in the queue
+    expected = torch.autograd.grad(_summed_cross_entropy(model(x), y), list(model.parameters()))
+    assert all(torch.equal(g, e) for g, e in zip(grads, expected, strict=True))
+
+
+def test_the_helper_computes_on_one_torch_thread(threaded):
+    # A second OpenMP thread per op would spin-wait beside the calling thread's work.
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        step = threaded(_conv_block())
+        step._jobs.put(torch.get_num_threads)
+        assert step._results.get(timeout=10) == 1
+        assert torch.get_num_threads() == 2  # the caller's own count is its own
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_close_stops_the_helper_and_later_steps_are_refused():
+    model, x, y = _net_and_batch("tiny", 6, True)
+    step = ThreadedBackward(model, list(model.parameters()), _summed_cross_entropy)
+    step.close()
+    step.close()  # idempotent
+    assert not step._thread.is_alive()
+    with pytest.raises(RuntimeError, match="closed"):
+        step(x, y)
+
+
+def test_a_process_that_never_closes_it_exits_cleanly():
+    # A helper still running while the interpreter shut down aborted the process
+    # ("terminate called without an active exception", exit code 134).
+    code = (
+        "import torch\n"
+        "from metatrain import preset\n"
+        "from metatrain.algorithms import Learner\n"
+        "from metatrain.models import build_model\n"
+        "config = preset('omniglot-5way-1shot')\n"
+        "learner = Learner.from_config(build_model(config), config)\n"
+        "assert learner.use_threaded_backward()\n"
+        "x, y = torch.rand(10, 1, 28, 28), torch.randint(0, 5, (10,))\n"
+        "for _ in range(3):\n"
+        "    learner.step(x, y)\n"
+        "print('stepped')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "stepped"

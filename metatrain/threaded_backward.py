@@ -134,12 +134,13 @@ class ThreadedBackward:
 
     @staticmethod
     def supports(model: nn.Module) -> bool:
-        """Whether ``model`` is a conv net this class computes (CPU, float32 weights)."""
+        """Whether ``model`` is a conv net this class computes (CPU, float32 weights, all of
+        them trained: a frozen weight's gradient would be computed for nothing)."""
         if _split(model) is None:
             return False
         params = list(model.parameters())
         return bool(params) and all(
-            p.device.type == "cpu" and p.dtype == torch.float32 for p in params
+            p.device.type == "cpu" and p.dtype == torch.float32 and p.requires_grad for p in params
         )
 
     def __init__(self, model: nn.Module, params: Sequence[torch.Tensor], loss: Loss) -> None:

@@ -114,8 +114,9 @@ def _conv_block(**conv) -> nn.Sequential:
             nn.Conv2d(2, 4, 3, groups=2), nn.BatchNorm2d(4, track_running_stats=False), nn.ReLU()
         ),  # grouped, and nothing after the trunk
         _conv_block().double(),
+        _conv_block().requires_grad_(False),
     ],
-    ids=["mlp", "running-stats", "no-norm", "padding-same", "grouped-no-head", "float64"],
+    ids=["mlp", "running-stats", "no-norm", "padding-same", "grouped-no-head", "float64", "frozen"],
 )
 def test_only_cpu_float32_conv_nets_with_batch_statistics_are_supported(model):
     assert not ThreadedBackward.supports(model)

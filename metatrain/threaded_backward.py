@@ -5,9 +5,13 @@ steps need the moments the previous task left), so task workers cannot help and 
 single step can. Two intra-op threads barely help on batches of 10 images. But a convolution's
 backward pass is two independent products: the gradient for its input, which the next layer
 down waits for, and the gradients for its weights and bias, which nothing in the step waits
-for. Measured on one Omniglot inner step (batch 10, one thread per thread, 2-core EPYC):
-autograd's forward and backward 1.61-1.70 ms; the same on two intra-op threads 1.33 ms; here,
-with the weight gradients on a helper thread, 1.16-1.23 ms.
+for. Measured on one Omniglot inner step (batch 10, one torch thread per thread, 2-core EPYC
+VM): autograd's forward and backward 1.61-1.70 ms; the same on two intra-op threads 1.33 ms;
+here, with the weight gradients on a helper thread, 1.16-1.35 ms (the head under autograd and
+the hand-offs cost the upper end). Measured and not done: the helper also applying Adam to
+the later layers (no gain: both threads are busy through the backward, and their small ops
+then wait on each other for the interpreter lock); TorchScript ``fork`` instead of a Python
+thread (1.32 vs 1.33 ms).
 
 How: the calling thread runs the convolutional trunk forward with the same aten operations
 (and arguments) that autograd records for it, and the network's head (``Flatten``, ``Linear``,
@@ -16,7 +20,7 @@ batch norm and each convolution's input gradient, handing each convolution's wei
 gradients to the helper as soon as their output gradient is known. The first convolution has
 no input gradient to compute, so the calling thread does its weights while the helper finishes.
 Every gradient comes from the very kernel call autograd would make, hence the same bits
-(tested against ``torch.autograd.grad`` for both conv nets).
+(tested against ``torch.autograd.grad`` for the Omniglot and Mini-ImageNet nets).
 
 The helper is a daemon thread on one torch thread, idle on a queue between steps; it stops
 when its ``ThreadedBackward`` is closed or collected. Supported trunks: blocks of

@@ -162,6 +162,7 @@ class ThreadedBackward:
             raise ValueError("params must be the model's own parameters")
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._results: queue.SimpleQueue = queue.SimpleQueue()
+        self._outstanding = 0  # jobs handed to the helper and not yet answered
         ready = threading.Event()
         self._thread = threading.Thread(
             target=_serve,
@@ -186,6 +187,7 @@ class ThreadedBackward:
         """(output, loss, gradients in ``params`` order); output and loss are detached."""
         if not self._thread.is_alive():
             raise RuntimeError("ThreadedBackward is closed")
+        self._collect()  # answers an interrupted step left behind (Ctrl-C in a notebook)
         grads: list[torch.Tensor | None] = [None] * self._count
         saved = []
         h = x
@@ -216,7 +218,6 @@ class ThreadedBackward:
         for p, g in zip(self._head_params, head_grads[1:], strict=True):
             grads[self._slot[id(p)]] = g
 
-        pending = 0
         try:
             with torch.no_grad():
                 for index in range(len(self.blocks) - 1, -1, -1):
@@ -246,21 +247,28 @@ class ThreadedBackward:
                         # Nothing waits for this input's gradient: this thread takes the weights.
                         self._weight_grads(grads, grad, conv_in, conv)
                         break
+                    self._outstanding += 1
                     self._jobs.put(
                         functools.partial(self._weight_grads, grads, grad, conv_in, conv)
                     )
-                    pending += 1
                     grad = _conv_backward(grad, conv_in, conv, True)[0]
         finally:
-            errors = []
-            for _ in range(pending):
-                result = self._results.get()
-                if isinstance(result, BaseException):
-                    errors.append(result)
+            errors = self._collect()
             if errors:
                 raise errors[0]
         assert all(g is not None for g in grads)
         return out.detach(), loss.detach(), grads  # type: ignore[return-value]
+
+    def _collect(self) -> list[BaseException]:
+        """Wait for every job handed out; the errors they raised. The count is kept on the
+        object, so a wait cut short by an exception is finished by the next call."""
+        errors = []
+        while self._outstanding:
+            result = self._results.get()
+            self._outstanding -= 1
+            if isinstance(result, BaseException):
+                errors.append(result)
+        return errors
 
     def _weight_grads(
         self,

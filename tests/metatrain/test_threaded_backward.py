@@ -208,3 +208,29 @@ def test_a_process_that_never_closes_it_exits_cleanly():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "stepped"
+
+
+def test_a_step_interrupted_while_waiting_leaves_the_next_step_exact(threaded):
+    # Ctrl-C in a notebook lands in the calling thread, possibly while it waits for the
+    # helper: the unanswered jobs must not be taken for the next step's.
+    model, x, y = _net_and_batch("tiny", 6, True)
+    step = threaded(model)
+    real = step._results
+
+    class InterruptedOnce:
+        def __init__(self):
+            self.interrupted = False
+
+        def get(self):
+            if not self.interrupted:
+                self.interrupted = True
+                raise KeyboardInterrupt
+            return real.get()
+
+    step._results = InterruptedOnce()
+    with pytest.raises(KeyboardInterrupt):
+        step(x, y)
+    x2 = torch.rand_like(x)
+    _, _, grads = step(x2, y)
+    expected = torch.autograd.grad(_summed_cross_entropy(model(x2), y), list(model.parameters()))
+    assert all(torch.equal(g, e) for g, e in zip(grads, expected, strict=True))

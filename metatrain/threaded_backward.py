@@ -110,6 +110,9 @@ def _split(model: nn.Module) -> tuple[list[_Block], nn.Sequential] | None:
 def _serve(jobs: queue.SimpleQueue, results: queue.SimpleQueue, ready: threading.Event) -> None:
     """The helper thread: run each job, hand back its result (or its exception)."""
     # Its own OpenMP team size: a second thread per op would spin-wait beside the caller's.
+    # Reading the count first makes torch settle this thread's setting now; otherwise its
+    # first operation would reset it to whatever the process-wide count is by then.
+    torch.get_num_threads()
     torch.set_num_threads(1)
     ready.set()
     while True:
@@ -170,8 +173,12 @@ class ThreadedBackward:
             name="metatrain-backward",
             daemon=True,
         )
+        threads = torch.get_num_threads()
         self._thread.start()
         ready.wait()  # its set_num_threads must not overlap this thread's kernels
+        # set_num_threads also sets the count that threads started later begin with: put back
+        # this thread's own (which the helper's call left as it was).
+        torch.set_num_threads(threads)
         # Not a method of self's: a collected ThreadedBackward stops its thread, and one still
         # alive at exit stops it before the interpreter goes (a thread that outlives it, in
         # torch's thread-local teardown, aborted the process).

@@ -164,15 +164,25 @@ def test_a_failure_on_either_thread_is_raised_and_the_next_step_works(threaded, 
     assert all(torch.equal(g, e) for g, e in zip(grads, expected, strict=True))
 
 
-def test_the_helper_computes_on_one_torch_thread(threaded):
+def _threads_of_a_new_thread() -> int:
+    seen: list[int] = []
+    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    return seen[0]
+
+
+def test_the_helper_computes_on_one_torch_thread_and_leaves_the_others_theirs(threaded):
     # A second OpenMP thread per op would spin-wait beside the calling thread's work.
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         step = threaded(_conv_block())
+        assert torch.get_num_threads() == 2  # the caller's own count is its own
+        assert _threads_of_a_new_thread() == 2  # and so is the process-wide default
+        torch.set_num_threads(2)  # the caller sets its count before the helper's first op
         step._jobs.put(torch.get_num_threads)
         assert step._results.get(timeout=10) == 1
-        assert torch.get_num_threads() == 2  # the caller's own count is its own
     finally:
         torch.set_num_threads(before)
 

@@ -49,9 +49,29 @@ Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class _Block:
+    """One conv, batch norm, [max-pool,] ReLU block, with the aten arguments of its
+    convolution (stride, padding, dilation) and max-pool (None: no pool) worked out once,
+    not at every step."""
+
     conv: nn.Conv2d
     norm: nn.BatchNorm2d
-    pool: nn.MaxPool2d | None
+    conv_args: tuple[list[int], list[int], list[int]]
+    pool_args: tuple[list[int], list[int], list[int], list[int], bool] | None
+
+    @classmethod
+    def of(cls, conv: nn.Conv2d, norm: nn.BatchNorm2d, pool: nn.MaxPool2d | None) -> _Block:
+        conv_args = (_pair(conv.stride), _pair(conv.padding), _pair(conv.dilation))
+        pool_args = None
+        if pool is not None:
+            stride = pool.stride if pool.stride is not None else pool.kernel_size
+            pool_args = (
+                _pair(pool.kernel_size),
+                _pair(stride),
+                _pair(pool.padding),
+                _pair(pool.dilation),
+                bool(pool.ceil_mode),
+            )
+        return cls(conv, norm, conv_args, pool_args)
 
 
 def _pair(value: int | Sequence[int]) -> list[int]:
@@ -101,10 +121,20 @@ def _split(model: nn.Module) -> tuple[list[_Block], nn.Sequential] | None:
         if i >= len(modules) or type(modules[i]) is not nn.ReLU:
             return None
         i += 1
-        blocks.append(_Block(conv, norm, pool))  # type: ignore[arg-type]
+        blocks.append(_Block.of(conv, norm, pool))  # type: ignore[arg-type]
     if not blocks or i == len(modules):
         return None
     return blocks, nn.Sequential(*modules[i:])
+
+
+def _supported_split(model: nn.Module) -> tuple[list[_Block], nn.Sequential] | None:
+    """``_split(model)`` where its weights are ones this module computes, else None."""
+    params = list(model.parameters())
+    if not params or not all(
+        p.device.type == "cpu" and p.dtype == torch.float32 and p.requires_grad for p in params
+    ):
+        return None
+    return _split(model)
 
 
 def _serve(jobs: queue.SimpleQueue, results: queue.SimpleQueue, ready: threading.Event) -> None:
@@ -143,18 +173,12 @@ class ThreadedBackward:
     def supports(model: nn.Module) -> bool:
         """Whether ``model`` is a conv net this class computes (CPU, float32 weights, all of
         them trained: a frozen weight's gradient would be computed for nothing)."""
-        if _split(model) is None:
-            return False
-        params = list(model.parameters())
-        return bool(params) and all(
-            p.device.type == "cpu" and p.dtype == torch.float32 and p.requires_grad for p in params
-        )
+        return _supported_split(model) is not None
 
     def __init__(self, model: nn.Module, params: Sequence[torch.Tensor], loss: Loss) -> None:
-        if not self.supports(model):
+        split = _supported_split(model)
+        if split is None:
             raise ValueError("ThreadedBackward supports CPU float32 conv nets only")
-        split = _split(model)
-        assert split is not None
         self.blocks, self.head = split
         self.loss = loss
         self._slot = {id(p): i for i, p in enumerate(params)}
@@ -202,16 +226,14 @@ class ThreadedBackward:
             for block in self.blocks:
                 conv, norm = block.conv, block.norm
                 conv_out = _aten.convolution(
-                    h, conv.weight, conv.bias, *_conv_args(conv), False, [0, 0], 1
+                    h, conv.weight, conv.bias, *block.conv_args, False, [0, 0], 1
                 )
                 norm_out, mean, invstd = _aten.native_batch_norm(
                     conv_out, norm.weight, norm.bias, None, None, True, 0.0, norm.eps
                 )
                 pooled, indices = norm_out, None
-                if block.pool is not None:
-                    pooled, indices = _aten.max_pool2d_with_indices(
-                        norm_out, *_pool_args(block.pool)
-                    )
+                if block.pool_args is not None:
+                    pooled, indices = _aten.max_pool2d_with_indices(norm_out, *block.pool_args)
                 relu_out = _aten.relu(pooled)
                 saved.append((h, conv_out, mean, invstd, norm_out, indices, relu_out))
                 h = relu_out
@@ -231,9 +253,9 @@ class ThreadedBackward:
                     block = self.blocks[index]
                     conv_in, conv_out, mean, invstd, norm_out, indices, relu_out = saved[index]
                     grad = _aten.threshold_backward(grad, relu_out, 0)
-                    if block.pool is not None:
+                    if block.pool_args is not None:
                         grad = _aten.max_pool2d_with_indices_backward(
-                            grad, norm_out, *_pool_args(block.pool), indices
+                            grad, norm_out, *block.pool_args, indices
                         )
                     grad, norm_w, norm_b = _aten.native_batch_norm_backward(
                         grad,
@@ -249,16 +271,15 @@ class ThreadedBackward:
                     )
                     grads[self._slot[id(block.norm.weight)]] = norm_w
                     grads[self._slot[id(block.norm.bias)]] = norm_b
-                    conv = block.conv
                     if index == 0:
                         # Nothing waits for this input's gradient: this thread takes the weights.
-                        self._weight_grads(grads, grad, conv_in, conv)
+                        self._weight_grads(grads, grad, conv_in, block)
                         break
                     self._outstanding += 1
                     self._jobs.put(
-                        functools.partial(self._weight_grads, grads, grad, conv_in, conv)
+                        functools.partial(self._weight_grads, grads, grad, conv_in, block)
                     )
-                    grad = _conv_backward(grad, conv_in, conv, True)[0]
+                    grad = _conv_backward(grad, conv_in, block, True)[0]
         finally:
             errors = self._collect()
             if errors:
@@ -282,41 +303,29 @@ class ThreadedBackward:
         grads: list[torch.Tensor | None],
         grad: torch.Tensor,
         conv_in: torch.Tensor,
-        conv: nn.Conv2d,
+        block: _Block,
     ) -> None:
-        """``conv``'s weight and bias gradients into ``grads`` (from either thread)."""
-        _, weight_grad, bias_grad = _conv_backward(grad, conv_in, conv, False)
+        """The block's convolution weight and bias gradients into ``grads`` (either thread)."""
+        conv = block.conv
+        _, weight_grad, bias_grad = _conv_backward(grad, conv_in, block, False)
         grads[self._slot[id(conv.weight)]] = weight_grad
         if conv.bias is not None:
             grads[self._slot[id(conv.bias)]] = bias_grad
 
 
-def _pool_args(pool: nn.MaxPool2d) -> tuple[list[int], list[int], list[int], list[int], bool]:
-    stride = pool.stride if pool.stride is not None else pool.kernel_size
-    return (
-        _pair(pool.kernel_size),
-        _pair(stride),
-        _pair(pool.padding),
-        _pair(pool.dilation),
-        bool(pool.ceil_mode),
-    )
-
-
-def _conv_args(conv: nn.Conv2d) -> tuple[list[int], list[int], list[int]]:
-    return _pair(conv.stride), _pair(conv.padding), _pair(conv.dilation)
-
-
 def _conv_backward(
-    grad: torch.Tensor, conv_in: torch.Tensor, conv: nn.Conv2d, input_grad: bool
+    grad: torch.Tensor, conv_in: torch.Tensor, block: _Block, input_grad: bool
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """(input, weight, bias) gradients: the input's alone, or the weight's and bias's."""
+    """(input, weight, bias) gradients of the block's convolution: the input's alone, or
+    the weight's and bias's."""
+    conv = block.conv
     has_bias = conv.bias is not None
     return _aten.convolution_backward(
         grad,
         conv_in,
         conv.weight,
         [conv.out_channels] if has_bias else None,
-        *_conv_args(conv),
+        *block.conv_args,
         False,
         [0, 0],
         1,

@@ -42,7 +42,7 @@ from torch import nn
 from .config import Config
 from .cuda_graphs import GraphedSteps, graphs_supported
 from .data import batch_order, batches_in_order
-from .flat_adam import FlatAdam
+from .flat_adam import FlatAdam, torch_step
 from .stacked import stacks_tasks, train_regression_tasks
 from .threaded_backward import ThreadedBackward
 
@@ -224,9 +224,7 @@ class Learner:
         if self.flat_adam is not None:
             self.flat_adam.step(grads)
             return
-        for p, g in zip(self.params, grads, strict=True):
-            p.grad = g
-        self.optimizer.step()
+        torch_step(self.optimizer, self.params, grads)
 
     def adapt(
         self,

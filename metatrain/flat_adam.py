@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["FlatAdam"]
+__all__ = ["FlatAdam", "torch_step"]
 
 _STATE_KEYS = ("step", "exp_avg", "exp_avg_sq")  # torch's own order (Adam._init_group)
 
@@ -170,7 +170,7 @@ class FlatAdam:
     def step(self, grads: Sequence[torch.Tensor]) -> None:
         """One Adam step of every weight, with ``grads`` in ``params`` order."""
         if not self._bound() and not self._bind():
-            self._torch_step(grads)
+            torch_step(self.optimizer, self.params, grads)
             return
         group = self.optimizer.param_groups[0]
         lr, eps = group["lr"], group["eps"]
@@ -191,8 +191,15 @@ class FlatAdam:
             step_size = (lr / bias_correction1) * -1
             torch._foreach_addcdiv_(self.params, views["exp_avg"], views["denom"], step_size)
 
-    def _torch_step(self, grads: Sequence[torch.Tensor]) -> None:
-        for p, g in zip(self.params, grads, strict=True):
-            p.grad = g
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+
+def torch_step(
+    optimizer: torch.optim.Optimizer,
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+) -> None:
+    """``optimizer``'s own step for ``grads`` (one per weight in ``params``); the ``.grad``
+    buffers are let go again afterwards."""
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)

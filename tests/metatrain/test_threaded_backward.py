@@ -34,6 +34,13 @@ def _net_and_batch(name: str, batch: int, channels_last: bool, seed: int = 0):
     return model, x, y
 
 
+def _assert_autograds(grads, model, x, y, params=None) -> None:
+    """``grads`` are autograd's gradients of the summed loss for ``params`` (default: all)."""
+    params = list(model.parameters()) if params is None else params
+    expected = torch.autograd.grad(_summed_cross_entropy(model(x), y), params)
+    assert all(torch.equal(g, e) for g, e in zip(grads, expected, strict=True))
+
+
 @pytest.fixture
 def threaded():
     made: list[ThreadedBackward] = []
@@ -85,8 +92,7 @@ def test_the_gradients_follow_the_order_of_the_params_given(threaded):
         _, _, grads = step(x, y)
     finally:
         step.close()
-    expected = torch.autograd.grad(_summed_cross_entropy(model(x), y), params)
-    assert all(torch.equal(g, e) for g, e in zip(grads, expected, strict=True))
+    _assert_autograds(grads, model, x, y, params)
 
 
 def _conv_block(**conv) -> nn.Sequential:
@@ -129,8 +135,7 @@ def test_a_one_block_trunk_is_supported_and_exact(threaded):
     x, y = torch.rand(5, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1])
     assert ThreadedBackward.supports(model)
     _, _, grads = threaded(model)(x, y)
-    expected = torch.autograd.grad(_summed_cross_entropy(model(x), y), list(model.parameters()))
-    assert all(torch.equal(g, e) for g, e in zip(grads, expected, strict=True))
+    _assert_autograds(grads, model, x, y)
 
 
 def test_foreign_params_are_refused():
@@ -160,8 +165,7 @@ def test_a_failure_on_either_thread_is_raised_and_the_next_step_works(threaded, 
 
     monkeypatch.setattr(threaded_backward, "_conv_backward", real)
     _, _, grads = step(x, y)  # no stale answer of the failed step is left in the queue
-    expected = torch.autograd.grad(_summed_cross_entropy(model(x), y), list(model.parameters()))
-    assert all(torch.equal(g, e) for g, e in zip(grads, expected, strict=True))
+    _assert_autograds(grads, model, x, y)
 
 
 def _threads_of_a_new_thread() -> int:
@@ -242,5 +246,4 @@ def test_a_step_interrupted_while_waiting_leaves_the_next_step_exact(threaded):
         step(x, y)
     x2 = torch.rand_like(x)
     _, _, grads = step(x2, y)
-    expected = torch.autograd.grad(_summed_cross_entropy(model(x2), y), list(model.parameters()))
-    assert all(torch.equal(g, e) for g, e in zip(grads, expected, strict=True))
+    _assert_autograds(grads, model, x2, y)

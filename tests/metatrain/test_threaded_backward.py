@@ -184,7 +184,9 @@ def test_the_helper_computes_on_one_torch_thread_and_leaves_the_others_theirs(th
         step = threaded(_conv_block())
         assert torch.get_num_threads() == 2  # the caller's own count is its own
         assert _threads_of_a_new_thread() == 2  # and so is the process-wide default
-        torch.set_num_threads(2)  # the caller sets its count before the helper's first op
+        # A process-wide change made before the helper's first op must not become its count
+        # (torch settles a thread's setting lazily, at its first op).
+        torch.set_num_threads(2)
         step._jobs.put(torch.get_num_threads)
         assert step._results.get(timeout=10) == 1
     finally:

@@ -31,6 +31,7 @@ meta-batch (measured before each step's update); ``inner_accuracy`` likewise.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -42,9 +43,9 @@ from torch import nn
 from .config import Config
 from .cuda_graphs import GraphedSteps, graphs_supported
 from .data import batch_order, batches_in_order
-from .flat_adam import FlatAdam, torch_step
+from .flat_adam import FlatAdam, StepScalars, torch_step
 from .stacked import stacks_tasks, train_regression_tasks
-from .threaded_backward import ThreadedBackward
+from .threaded_backward import Pending, ThreadedBackward
 
 __all__ = [
     "ADAM_EPS",
@@ -160,6 +161,16 @@ class Learner:
             self.threaded = ThreadedBackward(self.model, self.params, self.loss)
         return self.threaded is not None
 
+    def gradients_later(
+        self, x: torch.Tensor, y: torch.Tensor, weights: Sequence[torch.Tensor]
+    ) -> Pending | None:
+        """The output, loss and gradients of the batch (x, y) at ``weights`` (in ``params``
+        order), computed by the helper thread in its spare time; None without the helper.
+        Give the result to ``step`` when the model holds those weights again."""
+        if self.threaded is None:
+            return None
+        return self.threaded.later(x, y, weights)
+
     def close(self) -> None:
         """Stop the helper thread, if any (the learner keeps working without it)."""
         if self.threaded is not None:
@@ -191,14 +202,46 @@ class Learner:
             return F.cross_entropy(out, y, reduction="sum")
         return F.mse_loss(out, y)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, stats: _Stats | None = None) -> None:
-        """One optimizer step on the batch (x, y)."""
-        replayed = self.graphs.step(x, y) if self.graphs is not None else None
-        if replayed is not None:
+    def step(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        stats: _Stats | None = None,
+        computed: Pending | None = None,
+        settle: bool = True,
+    ) -> None:
+        """One optimizer step on the batch (x, y). ``computed``: its gradients, already being
+        computed (``gradients_later``) at the weights the model holds now. ``settle=False``:
+        may return before the helper thread has updated every weight, for a caller whose
+        next act is another ``step`` (which waits where it must) or ``settle``."""
+        replayed = None
+        if computed is None and self.graphs is not None:
+            replayed = self.graphs.step(x, y)
+        if computed is not None:
+            self.settle()  # the weights must be those the gradients were computed at
+            out, loss, grads = computed.result()
+            scalars = self._in_place_update()
+            if scalars is None:
+                self._apply_gradients(grads)
+            else:
+                update = functools.partial(self.flat_adam.apply, scalars)  # type: ignore[union-attr]
+                self.threaded.update(update, grads)  # type: ignore[union-attr]
+                if settle:
+                    self.threaded.settle()  # type: ignore[union-attr]
+        elif replayed is not None:
             out, loss = replayed  # the graph's buffers: used below before the next step
         elif self.threaded is not None:
-            out, loss, grads = self.threaded(x, y)
-            self._apply_gradients(grads)
+            scalars = self._in_place_update()
+            if scalars is None:
+                out, loss, grads = self.threaded(x, y)
+                self._apply_gradients(grads)
+            else:
+                # Adam's step taken layer by layer inside the backward pass, the later layers'
+                # on the helper thread, whose tail overlaps the next step's first layer.
+                update = functools.partial(self.flat_adam.apply, scalars)  # type: ignore[union-attr]
+                out, loss, _ = self.threaded(x, y, update)
+                if settle:
+                    self.threaded.settle()
         else:
             out = self.model(x)
             loss = self.loss(out, y)
@@ -210,6 +253,18 @@ class Learner:
                     stats.add(loss.detach() / n, (out.argmax(1) == y).sum(), n)
                 else:
                     stats.add(loss.detach(), None, n)
+
+    def _in_place_update(self) -> StepScalars | None:
+        """This step's Adam scalars where the threaded backward can apply Adam itself."""
+        if self.flat_adam is None or self.threaded is None or not self.threaded.updates_in_place:
+            return None
+        return self.flat_adam.begin_step()
+
+    def settle(self) -> None:
+        """Wait for a step's updates still running on the helper thread (``step`` with
+        ``settle=False``)."""
+        if self.threaded is not None:
+            self.threaded.settle()
 
     def _apply_gradients(self, grads: Sequence[torch.Tensor]) -> None:
         """The inner optimizer's step for ``grads`` (one per parameter), without CUDA graphs."""
@@ -239,11 +294,19 @@ class Learner:
         self.adapt_order(x, y, batch_order(len(x), batch_size, num_batches, rng), stats)
 
     def adapt_order(
-        self, x: torch.Tensor, y: torch.Tensor, order: np.ndarray, stats: _Stats | None = None
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        order: np.ndarray,
+        stats: _Stats | None = None,
+        first: Pending | None = None,
     ) -> None:
-        """One step per row of ``order`` (example indices drawn by ``batch_order``)."""
-        for xb, yb in batches_in_order(x, y, order):
-            self.step(xb, yb, stats)
+        """One step per row of ``order`` (example indices drawn by ``batch_order``). ``first``:
+        the first step's gradients, already being computed (see ``step``)."""
+        last = len(order) - 1
+        for i, (xb, yb) in enumerate(batches_in_order(x, y, order)):
+            self.step(xb, yb, stats, first, settle=i == last)
+            first = None
 
     def begin_task(self) -> None:
         """Forget the optimizer's moments unless they are meant to persist across tasks."""
@@ -334,6 +397,14 @@ def task_batch_orders(config: Config, task: TaskTensors, rng: np.random.Generato
     return batch_order(len(task[0]), config.inner_batch, steps, rng)
 
 
+def first_batch(task: TaskTensors, order: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch ``task_update`` takes its first inner step on: the first mini-batch of
+    ``order``, or FOMAML's tail batch where ``order`` has none."""
+    if len(order):
+        return next(batches_in_order(task[0], task[1], order[:1]))
+    return task[2], task[3]
+
+
 def task_update(
     learner: Learner,
     config: Config,
@@ -341,23 +412,25 @@ def task_update(
     order: np.ndarray,
     stats: Any,
     scratch: list[torch.Tensor],
+    first: Pending | None = None,
 ) -> list[torch.Tensor]:
     """Train ``learner`` on one task from its current weights; the task's share of the update.
 
     Reptile: the adapted weights phi_i (the learner's own tensors: read them before the
     weights are reset). FOMAML: the last inner step's change u_i = phi_i - phi_i', computed
     into ``scratch``. ``stats``: anything with ``_Stats.add``'s signature, told of every inner
-    step. Shared by the serial loop and the task workers of ``metatrain.parallel``,
-    so both compute the same numbers.
+    step. ``first``: the first inner step's gradients, already being computed (see
+    ``Learner.step``). Shared by the serial loop and the task workers of
+    ``metatrain.parallel``, so both compute the same numbers.
     """
     params = learner.params
     if config.algorithm != "fomaml":
-        learner.adapt_order(task[0], task[1], order, stats)
+        learner.adapt_order(task[0], task[1], order, stats, first)
         return [p.detach() for p in params]
-    learner.adapt_order(task[0], task[1], order, stats)
+    learner.adapt_order(task[0], task[1], order, stats, first)
     with torch.no_grad():
         torch._foreach_copy_(scratch, [p.detach() for p in params])
-    learner.step(task[2], task[3], stats)
+    learner.step(task[2], task[3], stats, first if not len(order) else None)
     with torch.no_grad():
         torch._foreach_sub_(scratch, [p.detach() for p in params])
         torch._foreach_neg_(scratch)
@@ -445,16 +518,34 @@ class _MetaAlgorithm:
                 if tick is not None:
                     tick()
         else:
-            for _ in range(n):
+            drawn = []
+            for _ in range(n):  # all drawn first, in the one-task loop's order
                 task = sample_task()
-                order = task_batch_orders(self.config, task, rng)
-                learner.begin_task()
-                share = task_update(learner, self.config, task, order, stats, self._scratch)
-                with torch.no_grad():
-                    torch._foreach_add_(self._acc, share)
-                learner.load_params(self._theta)
-                if tick is not None:
-                    tick()
+                drawn.append((task, task_batch_orders(self.config, task, rng)))
+            # Every task starts from theta, so its first step's gradients need nothing from the
+            # tasks before it, even with Adam's moments chained: the helper thread (if any)
+            # computes them in its spare time. The same kernels, so the same bits.
+            firsts = [None] + [
+                learner.gradients_later(*first_batch(task, order), self._theta)
+                for task, order in drawn[1:]
+            ]
+            try:
+                for (task, order), first in zip(drawn, firsts, strict=True):
+                    learner.begin_task()
+                    share = task_update(
+                        learner, self.config, task, order, stats, self._scratch, first
+                    )
+                    with torch.no_grad():
+                        torch._foreach_add_(self._acc, share)
+                    learner.load_params(self._theta)
+                    if tick is not None:
+                        tick()
+            finally:
+                # After a failure: the helper drops what is left (a job still reading theta
+                # when the next step overwrites it computes numbers nobody takes).
+                for pending in firsts:
+                    if pending is not None:
+                        pending.cancel()
         with torch.no_grad():
             self._apply(params, step_size, n)
         return stats.summary(learner.classification)

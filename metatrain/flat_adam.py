@@ -13,18 +13,35 @@ it lies in, so the weights are bit-identical to ``torch.optim.Adam``'s (tested a
 threads, and on tensors whose sizes leave CPU vector loops a remainder). The optimizer stays
 the owner of the state: ``state_dict()``, checkpoints and snapshots see ordinary Adam state,
 and state loaded from elsewhere is copied into the buffers at the next step.
+
+A step can also be taken in pieces (``begin_step``, then ``apply`` per range of weights, in
+any order and on any thread): the same element-wise operations on slices of the buffers, so
+the same bits (tested). ``metatrain.threaded_backward`` updates each part of the network as
+soon as its backward pass is done with it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-__all__ = ["FlatAdam", "torch_step"]
+__all__ = ["FlatAdam", "StepScalars", "torch_step"]
 
 _STATE_KEYS = ("step", "exp_avg", "exp_avg_sq")  # torch's own order (Adam._init_group)
+
+
+@dataclass(frozen=True)
+class StepScalars:
+    """The numbers one Adam step uses for every weight (torch's ``_multi_tensor_adam``)."""
+
+    beta1: float
+    beta2: float
+    eps: float
+    bias_correction2_sqrt: float
+    step_size: float
 
 
 def _dense(p: torch.Tensor) -> bool:
@@ -62,6 +79,9 @@ class FlatAdam:
         self._denom = torch.empty(total)
         self._steps = torch.zeros(len(self.params))
         self._layout: list[tuple[torch.Size, tuple[int, ...]]] = []
+        self._offsets = [0]  # where each weight starts in the buffers, and their end
+        for p in self.params:
+            self._offsets.append(self._offsets[-1] + p.numel())
         self._views: dict[str, list[torch.Tensor]] = {}
         optimizer.register_state_dict_post_hook(_compact_state_dict)
 
@@ -169,27 +189,61 @@ class FlatAdam:
 
     def step(self, grads: Sequence[torch.Tensor]) -> None:
         """One Adam step of every weight, with ``grads`` in ``params`` order."""
-        if not self._bound() and not self._bind():
+        scalars = self.begin_step()
+        if scalars is None:
             torch_step(self.optimizer, self.params, grads)
             return
+        self.apply(scalars, 0, len(self.params), grads)
+
+    def begin_step(self) -> StepScalars | None:
+        """Count one step and return its scalars, for ``apply``; None where the optimizer's
+        state cannot be kept in the buffers (then use ``torch_step``)."""
+        if not self._bound() and not self._bind():
+            return None
         group = self.optimizer.param_groups[0]
         lr, eps = group["lr"], group["eps"]
         beta1, beta2 = group["betas"]
-        views = self._views
         with torch.no_grad():
-            torch._foreach_copy_(views["grads"], list(grads))
             self._steps.add_(1.0)
             step = self._steps[0].item()
-            bias_correction1 = 1 - beta1**step
-            bias_correction2 = 1 - beta2**step
-            self._exp_avg.lerp_(self._grads, 1 - beta1)
-            self._exp_avg_sq.mul_(beta2)
-            self._exp_avg_sq.addcmul_(self._grads, self._grads, value=1 - beta2)
-            torch.sqrt(self._exp_avg_sq, out=self._denom)
-            self._denom.div_(bias_correction2**0.5)
-            self._denom.add_(eps)
-            step_size = (lr / bias_correction1) * -1
-            torch._foreach_addcdiv_(self.params, views["exp_avg"], views["denom"], step_size)
+        bias_correction1 = 1 - beta1**step
+        bias_correction2 = 1 - beta2**step
+        return StepScalars(
+            beta1=beta1,
+            beta2=beta2,
+            eps=eps,
+            bias_correction2_sqrt=bias_correction2**0.5,
+            step_size=(lr / bias_correction1) * -1,
+        )
+
+    def apply(
+        self, scalars: StepScalars, first: int, last: int, grads: Sequence[torch.Tensor]
+    ) -> None:
+        """The step counted by ``begin_step`` for ``params[first:last]`` (``grads`` in
+        ``params`` order; only those entries are read). The weights lie side by side in the
+        buffers, so a range is one slice of each: the ranges of a step may be applied in any
+        order, on any thread, each once, with the bits of one whole step (Adam works element
+        by element)."""
+        views = self._views
+        start, stop = self._offsets[first], self._offsets[last]
+        grad = self._grads[start:stop]
+        exp_avg = self._exp_avg[start:stop]
+        exp_avg_sq = self._exp_avg_sq[start:stop]
+        denom = self._denom[start:stop]
+        with torch.no_grad():
+            torch._foreach_copy_(views["grads"][first:last], list(grads[first:last]))
+            exp_avg.lerp_(grad, 1 - scalars.beta1)
+            exp_avg_sq.mul_(scalars.beta2)
+            exp_avg_sq.addcmul_(grad, grad, value=1 - scalars.beta2)
+            torch.sqrt(exp_avg_sq, out=denom)
+            denom.div_(scalars.bias_correction2_sqrt)
+            denom.add_(scalars.eps)
+            torch._foreach_addcdiv_(
+                self.params[first:last],
+                views["exp_avg"][first:last],
+                views["denom"][first:last],
+                scalars.step_size,
+            )
 
 
 def torch_step(

@@ -8,10 +8,26 @@ down waits for, and the gradients for its weights and bias, which nothing in the
 for. Measured on one Omniglot inner step (batch 10, one torch thread per thread, 2-core EPYC
 VM): autograd's forward and backward 1.61-1.70 ms; the same on two intra-op threads 1.33 ms;
 here, with the weight gradients on a helper thread, 1.16-1.35 ms (the head under autograd and
-the hand-offs cost the upper end). Measured and not done: the helper also applying Adam to
-the later layers (no gain: both threads are busy through the backward, and their small ops
-then wait on each other for the interpreter lock); TorchScript ``fork`` instead of a Python
-thread (1.32 vs 1.33 ms).
+the hand-offs cost the upper end). Measured and not done: TorchScript ``fork`` instead of a
+Python thread (1.32 vs 1.33 ms).
+
+Two more uses of the helper's idle time (it waits through the calling thread's forward pass):
+
+- ``update``: the optimizer's step taken inside the backward pass, all layers but the first
+  on the helper as one job once their weights are no longer read, the first layer's here,
+  and the next step waits for the helper only after its first block. Adam then costs the
+  calling thread the first layer's 704 numbers instead of all 113k (about 0.25 ms of a
+  1.8 ms step). One job per layer was slower: each of Adam's ops is a hand-over of the
+  interpreter lock, and with four jobs' worth of them the calling thread's steps slowed more
+  than Adam cost.
+- ``later``: a whole step's gradients at other weights, computed on the helper a block at
+  a time between its urgent jobs. A meta-batch's tasks all start from the meta-weights, so
+  their first steps' gradients need nothing from the tasks before them, even with Adam's
+  moments chained (``metatrain.algorithms``).
+
+Measured together on the chained Omniglot preset (2-core EPYC VM, meta-iterations timed in
+alternating rounds in one process, medians): 50.4 ms per meta-iteration without either,
+45.9 with ``later``, 47.0 with ``update``, 44.5 with both.
 
 How: the calling thread runs the convolutional trunk forward with the same aten operations
 (and arguments) that autograd records for it, and the network's head (``Flatten``, ``Linear``,
@@ -30,21 +46,25 @@ statistics, no running averages), an optional ``MaxPool2d``, ``ReLU``; anything 
 
 from __future__ import annotations
 
+import collections
+import copy
 import functools
 import queue
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-__all__ = ["ThreadedBackward"]
+__all__ = ["Pending", "ThreadedBackward"]
 
 _aten = torch.ops.aten
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# ``update(first, last, grads)``: the optimizer's step for ``params[first:last]``.
+Update = Callable[[int, int, list[torch.Tensor]], None]
 
 
 @dataclass(frozen=True)
@@ -137,22 +157,95 @@ def _supported_split(model: nn.Module) -> tuple[list[_Block], nn.Sequential] | N
     return _split(model)
 
 
+class Pending:
+    """Gradients being computed on the helper in its spare time (``ThreadedBackward.later``).
+
+    The helper advances it one block of the network at a time, whenever no weight gradients
+    of a step in progress are waiting, so it never delays the calling thread's steps by more
+    than one kernel."""
+
+    def __init__(
+        self,
+        steps: Generator[None, None, tuple[torch.Tensor, torch.Tensor]],
+        grads: list[torch.Tensor | None],
+    ) -> None:
+        self._steps = steps
+        self._grads = grads
+        self._value: tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]] | None = None
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+        self._cancelled = False
+
+    def _advance(self) -> bool:
+        """Run the next block (on the helper); True when finished."""
+        if self._cancelled:
+            self._finish(error=RuntimeError("cancelled"))
+            return True
+        try:
+            next(self._steps)
+        except StopIteration as stop:
+            out, loss = stop.value
+            self._value = (out, loss, self._grads)  # type: ignore[assignment]
+            self._done.set()
+            return True
+        except BaseException as error:  # noqa: BLE001 - re-raised by result()
+            self._finish(error=error)
+            return True
+        return False
+
+    def _finish(self, error: BaseException) -> None:
+        self._error = error
+        self._steps.close()
+        self._done.set()
+
+    def cancel(self) -> None:
+        """Drop it: the helper stops working on it at its next block."""
+        self._cancelled = True
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """(output, loss, gradients in ``params`` order), waiting for them if need be."""
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
+
+
 def _serve(jobs: queue.SimpleQueue, results: queue.SimpleQueue, ready: threading.Event) -> None:
-    """The helper thread: run each job, hand back its result (or its exception)."""
+    """The helper thread: run each job at once, hand back its result (or its exception); in
+    between, advance the ``Pending`` gradients it was given, one block at a time."""
     # Its own OpenMP team size: a second thread per op would spin-wait beside the caller's.
     # Reading the count first makes torch settle this thread's setting now; otherwise its
     # first operation would reset it to whatever the process-wide count is by then.
     torch.get_num_threads()
     torch.set_num_threads(1)
+    # Nothing on this thread is differentiated through (the head's autograd turns it back on).
+    torch.set_grad_enabled(False)
     ready.set()
-    while True:
-        job = jobs.get()
-        if job is None:
-            return
-        try:
-            results.put(job())
-        except BaseException as error:  # noqa: BLE001 - re-raised in the calling thread
-            results.put(error)
+    spare: collections.deque[Pending] = collections.deque()
+    try:
+        while True:
+            if spare:
+                try:
+                    job = jobs.get_nowait()
+                except queue.Empty:
+                    if spare[0]._advance():
+                        spare.popleft()
+                    continue
+            else:
+                job = jobs.get()
+            if job is None:
+                return
+            if isinstance(job, Pending):
+                spare.append(job)
+                continue
+            try:
+                results.put(job())
+            except BaseException as error:  # noqa: BLE001 - re-raised in the calling thread
+                results.put(error)
+    finally:
+        for pending in spare:
+            pending._finish(error=RuntimeError("ThreadedBackward is closed"))
 
 
 def _stop(jobs: queue.SimpleQueue, thread: threading.Thread) -> None:
@@ -181,15 +274,34 @@ class ThreadedBackward:
             raise ValueError("ThreadedBackward supports CPU float32 conv nets only")
         self.blocks, self.head = split
         self.loss = loss
-        self._slot = {id(p): i for i, p in enumerate(params)}
-        self._count = len(params)
+        self._params = list(params)
+        slot = {id(p): i for i, p in enumerate(self._params)}
+        self._count = len(self._params)
         trunk = {id(p) for b in self.blocks for m in (b.conv, b.norm) for p in m.parameters()}
-        self._head_params = [p for p in params if id(p) not in trunk]
-        if len(self._head_params) + len(trunk) != len(params):
+        head_named = [(n, p) for n, p in self.head.named_parameters() if id(p) in slot]
+        if len(head_named) + len(trunk) != self._count or not trunk <= slot.keys():
             raise ValueError("params must be the model's own parameters")
+        # Where each weight sits in ``params`` (and so in the weights and gradient lists).
+        self._head_slots = [(name, slot[id(p)]) for name, p in head_named]
+        self._block_slots = [
+            (
+                slot[id(b.conv.weight)],
+                slot[id(b.conv.bias)] if b.conv.bias is not None else None,
+                slot[id(b.norm.weight)],
+                slot[id(b.norm.bias)],
+            )
+            for b in self.blocks
+        ]
+        # For ``update``: the first block's params, and all the others, as two ranges of
+        # ``params``; None where they are not (the model's own order has them so).
+        first = {s for s in self._block_slots[0] if s is not None}
+        ranges = (_range(sorted(first)), _range([s for s in range(self._count) if s not in first]))
+        self._ranges = None if None in ranges else ranges
+        self._spare_head = copy.deepcopy(self.head)  # for ``later``'s jobs, on the helper
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._results: queue.SimpleQueue = queue.SimpleQueue()
         self._outstanding = 0  # jobs handed to the helper and not yet answered
+        self._unsettled = False  # a step returned with updates still running on the helper
         ready = threading.Event()
         self._thread = threading.Thread(
             target=_serve,
@@ -212,80 +324,182 @@ class ThreadedBackward:
         """Stop the helper thread (idempotent)."""
         self._finalizer()
 
+    @property
+    def updates_in_place(self) -> bool:
+        """Whether ``__call__`` takes an ``update`` (each block's weights side by side in
+        ``params``, as the model's own order has them)."""
+        return self._ranges is not None
+
     def __call__(
-        self, x: torch.Tensor, y: torch.Tensor
+        self, x: torch.Tensor, y: torch.Tensor, update: Update | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        """(output, loss, gradients in ``params`` order); output and loss are detached."""
+        """(output, loss, gradients in ``params`` order); output and loss are detached.
+
+        ``update``: also take the optimizer's step, in two ranges of ``params``, each as soon
+        as its gradients are known and its weights no longer needed: all but the first
+        block's on the helper (one job: each op a job makes the two threads contend for the
+        interpreter lock), the first block's here. The call may return while the helper
+        still updates: the next call waits for it after its first block (which needs none of
+        those weights), and ``settle`` waits for it before anything else reads the weights
+        (or the gradients returned, which the helper fills meanwhile).
+        """
         if not self._thread.is_alive():
             raise RuntimeError("ThreadedBackward is closed")
-        self._collect()  # answers an interrupted step left behind (Ctrl-C in a notebook)
+        if update is not None and self._ranges is None:
+            raise ValueError("update needs each block's params side by side")
+        if not self._unsettled:
+            self._collect()  # answers an interrupted step left behind (Ctrl-C in a notebook)
         grads: list[torch.Tensor | None] = [None] * self._count
-        saved = []
-        h = x
-        with torch.no_grad():
-            for block in self.blocks:
-                conv, norm = block.conv, block.norm
-                conv_out = _aten.convolution(
-                    h, conv.weight, conv.bias, *block.conv_args, False, [0, 0], 1
-                )
-                norm_out, mean, invstd = _aten.native_batch_norm(
-                    conv_out, norm.weight, norm.bias, None, None, True, 0.0, norm.eps
-                )
-                pooled, indices = norm_out, None
-                if block.pool_args is not None:
-                    pooled, indices = _aten.max_pool2d_with_indices(norm_out, *block.pool_args)
-                relu_out = _aten.relu(pooled)
-                saved.append((h, conv_out, mean, invstd, norm_out, indices, relu_out))
-                h = relu_out
-
-        features = h.detach().requires_grad_(True)
-        with torch.enable_grad():
-            out = self.head(features)
-            loss = self.loss(out, y)
-            head_grads = torch.autograd.grad(loss, [features, *self._head_params])
-        grad = head_grads[0]
-        for p, g in zip(self._head_params, head_grads[1:], strict=True):
-            grads[self._slot[id(p)]] = g
-
+        steps = self._gradients(x, y, self._params, grads, hand_off=True, update=update)
+        finished = False
         try:
             with torch.no_grad():
-                for index in range(len(self.blocks) - 1, -1, -1):
-                    block = self.blocks[index]
-                    conv_in, conv_out, mean, invstd, norm_out, indices, relu_out = saved[index]
-                    grad = _aten.threshold_backward(grad, relu_out, 0)
-                    if block.pool_args is not None:
-                        grad = _aten.max_pool2d_with_indices_backward(
-                            grad, norm_out, *block.pool_args, indices
-                        )
-                    grad, norm_w, norm_b = _aten.native_batch_norm_backward(
-                        grad,
-                        conv_out,
-                        block.norm.weight,
-                        None,
-                        None,
-                        mean,
-                        invstd,
-                        True,
-                        block.norm.eps,
-                        [True, True, True],
-                    )
-                    grads[self._slot[id(block.norm.weight)]] = norm_w
-                    grads[self._slot[id(block.norm.bias)]] = norm_b
-                    if index == 0:
-                        # Nothing waits for this input's gradient: this thread takes the weights.
-                        self._weight_grads(grads, grad, conv_in, block)
-                        break
-                    self._outstanding += 1
-                    self._jobs.put(
-                        functools.partial(self._weight_grads, grads, grad, conv_in, block)
-                    )
-                    grad = _conv_backward(grad, conv_in, block, True)[0]
+                while True:
+                    next(steps)
+        except StopIteration as stop:
+            out, loss = stop.value
+            finished = True
         finally:
-            errors = self._collect()
-            if errors:
-                raise errors[0]
-        assert all(g is not None for g in grads)
-        return out.detach(), loss.detach(), grads  # type: ignore[return-value]
+            if not finished or update is None:
+                self.settle()
+        self._unsettled = update is not None
+        return out, loss, grads  # type: ignore[return-value]
+
+    def update(self, update: Update, grads: list[torch.Tensor]) -> None:
+        """Apply ``update`` for gradients computed elsewhere (``later``) as ``__call__`` does:
+        the first block's range here, the rest on the helper (see ``__call__``)."""
+        if self._ranges is None:
+            raise ValueError("update needs each block's params side by side")
+        self.settle()
+        update(*self._ranges[0], grads)
+        self._hand_off(update, *self._ranges[1], grads)
+        self._unsettled = True
+
+    def settle(self) -> None:
+        """Wait for everything handed to the helper by steps (not ``later``'s jobs) and raise
+        the first error among them."""
+        self._unsettled = False
+        errors = self._collect()
+        if errors:
+            raise errors[0]
+
+    def later(self, x: torch.Tensor, y: torch.Tensor, weights: Sequence[torch.Tensor]) -> Pending:
+        """What ``__call__`` returns, for the network with ``weights`` (in ``params`` order)
+        instead of its own, computed wholly on the helper while it would otherwise wait. The
+        same kernels on one thread each, so the same bits, for ``weights`` laid out in memory
+        as the params are (copies made with ``clone``: channels_last stays so). ``weights``
+        and the batch must not change until the result is taken or the ``Pending``
+        cancelled."""
+        if not self._thread.is_alive():
+            raise RuntimeError("ThreadedBackward is closed")
+        grads: list[torch.Tensor | None] = [None] * self._count
+        pending = Pending(
+            self._gradients(x, y, list(weights), grads, hand_off=False, update=None), grads
+        )
+        self._jobs.put(pending)
+        return pending
+
+    def _gradients(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        weights: list[torch.Tensor],
+        grads: list[torch.Tensor | None],
+        hand_off: bool,
+        update: Update | None,
+    ) -> Generator[None, None, tuple[torch.Tensor, torch.Tensor]]:
+        """Fills ``grads``, pausing after each block of the network; returns (output, loss),
+        detached. Runs with autograd off. ``hand_off``: the helper takes the convolutions'
+        weight gradients (else this thread computes them)."""
+        saved = []
+        h = x
+        for block, (conv_w, conv_b, norm_w, norm_b) in zip(
+            self.blocks, self._block_slots, strict=True
+        ):
+            bias = weights[conv_b] if conv_b is not None else None
+            conv_out = _aten.convolution(
+                h, weights[conv_w], bias, *block.conv_args, False, [0, 0], 1
+            )
+            norm_out, mean, invstd = _aten.native_batch_norm(
+                conv_out, weights[norm_w], weights[norm_b], None, None, True, 0.0, block.norm.eps
+            )
+            pooled, indices = norm_out, None
+            if block.pool_args is not None:
+                pooled, indices = _aten.max_pool2d_with_indices(norm_out, *block.pool_args)
+            relu_out = _aten.relu(pooled)
+            saved.append((h, conv_out, mean, invstd, norm_out, indices, relu_out))
+            h = relu_out
+            if self._unsettled and hand_off:
+                self.settle()  # the previous step's updates of the later weights
+            yield
+
+        features = h.detach().requires_grad_(True)
+        head_weights = [weights[s] for _, s in self._head_slots]
+        with torch.enable_grad():
+            if weights is self._params:
+                out = self.head(features)
+            else:
+                head_weights = [w.detach().requires_grad_(True) for w in head_weights]
+                named = {
+                    name: w for (name, _), w in zip(self._head_slots, head_weights, strict=True)
+                }
+                # On a copy: functional_call swaps the module's weights while it runs, and the
+                # calling thread may be running the head itself meanwhile.
+                out = torch.func.functional_call(self._spare_head, named, (features,))
+            loss = self.loss(out, y)
+            head_grads = torch.autograd.grad(loss, [features, *head_weights])
+        grad = head_grads[0]
+        for (_, s), g in zip(self._head_slots, head_grads[1:], strict=True):
+            grads[s] = g
+        if update is not None and self._ranges is not None and len(self.blocks) == 1:
+            self._hand_off(update, *self._ranges[1], grads)  # the head's
+        yield
+
+        for index in range(len(self.blocks) - 1, -1, -1):
+            block = self.blocks[index]
+            conv_w, conv_b, norm_w, norm_b = self._block_slots[index]
+            conv_in, conv_out, mean, invstd, norm_out, indices, relu_out = saved[index]
+            grad = _aten.threshold_backward(grad, relu_out, 0)
+            if block.pool_args is not None:
+                grad = _aten.max_pool2d_with_indices_backward(
+                    grad, norm_out, *block.pool_args, indices
+                )
+            grad, grads[norm_w], grads[norm_b] = _aten.native_batch_norm_backward(
+                grad,
+                conv_out,
+                weights[norm_w],
+                None,
+                None,
+                mean,
+                invstd,
+                True,
+                block.norm.eps,
+                [True, True, True],
+            )
+            weight = weights[conv_w]
+            if index == 0 or not hand_off:
+                # Nothing waits for the first input's gradient: this thread takes the weights.
+                self._weight_grads(grads, grad, conv_in, block, weight, conv_w, conv_b)
+            else:
+                self._hand_off(
+                    self._weight_grads, grads, grad, conv_in, block, weight, conv_w, conv_b
+                )
+            if index > 0:
+                grad = _conv_backward(grad, conv_in, block, weight, True)[0]
+            if update is not None and self._ranges is not None and index <= 1:
+                # The weights of this block and those above are not read again in this step:
+                # update them, after their gradients (the helper runs its jobs in order).
+                if index == 0:
+                    update(*self._ranges[0], grads)  # type: ignore[arg-type]
+                else:
+                    self._hand_off(update, *self._ranges[1], grads)
+            yield
+        return out.detach(), loss.detach()
+
+    def _hand_off(self, job: Callable[..., None], *args: object) -> None:
+        """Run ``job(*args)`` on the helper, ahead of its spare-time work."""
+        self._outstanding += 1
+        self._jobs.put(functools.partial(job, *args))
 
     def _collect(self) -> list[BaseException]:
         """Wait for every job handed out; the errors they raised. The count is kept on the
@@ -298,32 +512,45 @@ class ThreadedBackward:
                 errors.append(result)
         return errors
 
+    @staticmethod
     def _weight_grads(
-        self,
         grads: list[torch.Tensor | None],
         grad: torch.Tensor,
         conv_in: torch.Tensor,
         block: _Block,
+        weight: torch.Tensor,
+        weight_slot: int,
+        bias_slot: int | None,
     ) -> None:
         """The block's convolution weight and bias gradients into ``grads`` (either thread)."""
-        conv = block.conv
-        _, weight_grad, bias_grad = _conv_backward(grad, conv_in, block, False)
-        grads[self._slot[id(conv.weight)]] = weight_grad
-        if conv.bias is not None:
-            grads[self._slot[id(conv.bias)]] = bias_grad
+        _, weight_grad, bias_grad = _conv_backward(grad, conv_in, block, weight, False)
+        grads[weight_slot] = weight_grad
+        if bias_slot is not None:
+            grads[bias_slot] = bias_grad
+
+
+def _range(slots: list[int]) -> tuple[int, int] | None:
+    """(first, last + 1) where the sorted ``slots`` are consecutive, else None."""
+    if not slots or slots != list(range(slots[0], slots[-1] + 1)):
+        return None
+    return slots[0], slots[-1] + 1
 
 
 def _conv_backward(
-    grad: torch.Tensor, conv_in: torch.Tensor, block: _Block, input_grad: bool
+    grad: torch.Tensor,
+    conv_in: torch.Tensor,
+    block: _Block,
+    weight: torch.Tensor,
+    input_grad: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """(input, weight, bias) gradients of the block's convolution: the input's alone, or
-    the weight's and bias's."""
+    """(input, weight, bias) gradients of the block's convolution (whose weight is
+    ``weight``): the input's alone, or the weight's and bias's."""
     conv = block.conv
     has_bias = conv.bias is not None
     return _aten.convolution_backward(
         grad,
         conv_in,
-        conv.weight,
+        weight,
         [conv.out_channels] if has_bias else None,
         *block.conv_args,
         False,

@@ -287,3 +287,99 @@ def test_an_sgd_learner_steps_exactly_as_torch_optim_sgd():
     for mine, theirs in zip(model.parameters(), reference.parameters(), strict=True):
         assert torch.equal(mine, theirs)
     assert not torch.equal(initial[0], model[0].weight)  # it did train
+
+
+# --- serial tasks on two threads (metatrain.threaded_backward) ---------------------------
+
+
+def _image_tasks(config: Config, count: int, seed: int) -> list[tuple[torch.Tensor, ...]]:
+    g = torch.Generator().manual_seed(seed)
+    n, tail = config.ways * config.train_shots, config.ways * config.fomaml_tail_shots
+    shape = (config.in_channels, config.image_size, config.image_size)
+
+    def images(k: int) -> torch.Tensor:
+        return torch.rand((k, *shape), generator=g).contiguous(memory_format=torch.channels_last)
+
+    return [
+        (
+            images(n),
+            torch.arange(config.ways).repeat_interleave(config.train_shots),
+            images(tail),
+            torch.arange(config.ways).repeat_interleave(config.fomaml_tail_shots),
+        )
+        for _ in range(count)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "inner_iters"), [("reptile", 3), ("fomaml", 3), ("fomaml", 1)]
+)
+def test_first_steps_computed_on_the_helper_give_the_one_thread_numbers(
+    algorithm, inner_iters, monkeypatch
+):
+    # Each task of a meta-batch starts from theta, so the helper thread computes the first
+    # step's gradients of tasks 2..n ahead, chained Adam or not: the same bits as one thread.
+    from metatrain.config import preset
+    from metatrain.models import build_model
+    from metatrain.threaded_backward import ThreadedBackward
+
+    config = preset("omniglot-5way-1shot").replace(
+        algorithm=algorithm, inner_iters=inner_iters, meta_batch=3, fomaml_tail_shots=2
+    )
+    tasks = _image_tasks(config, 3 * config.meta_batch, seed=0)
+    later_calls: list[int] = []
+    real_later = ThreadedBackward.later
+
+    def counting_later(self, x, y, weights):
+        later_calls.append(len(x))
+        return real_later(self, x, y, weights)
+
+    monkeypatch.setattr(ThreadedBackward, "later", counting_later)
+    results = []
+    for threaded in (False, True):
+        model = build_model(config, generator=torch.Generator().manual_seed(1))
+        model.to(memory_format=torch.channels_last)
+        learner = Learner.from_config(model, config)
+        assert learner.use_threaded_backward() if threaded else learner.threaded is None
+        algo = make_algorithm(learner, config)
+        sample, rng = _sampler(tasks), np.random.default_rng(5)
+        try:
+            metrics = [algo.step(sample, 0.5, rng) for _ in range(3)]
+        finally:
+            learner.close()
+        results.append(([p.detach().clone() for p in learner.params], metrics))
+    (one, one_metrics), (two, two_metrics) = results
+    assert all(torch.equal(a, b) for a, b in zip(one, two, strict=True))
+    assert one_metrics == two_metrics
+    first_batch = config.inner_batch if inner_iters > 1 else config.ways * 2  # FOMAML's tail
+    assert later_calls == [first_batch] * (3 * (config.meta_batch - 1))
+
+
+def test_a_meta_step_that_fails_part_way_leaves_the_helper_ready_for_the_next(monkeypatch):
+    from metatrain.config import preset
+    from metatrain.models import build_model
+
+    config = preset("omniglot-5way-1shot").replace(meta_batch=3, inner_iters=2)
+    model = build_model(config, generator=torch.Generator().manual_seed(1))
+    learner = Learner.from_config(model.to(memory_format=torch.channels_last), config)
+    assert learner.use_threaded_backward()
+    algo = make_algorithm(learner, config)
+    real_step, steps = Learner.step, []
+
+    def failing_step(self, *args, **kwargs):
+        steps.append(1)
+        if len(steps) == 3:  # in the second task, whose first step the helper computed
+            raise RuntimeError("inner step failed")
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Learner, "step", failing_step)
+    tasks = _image_tasks(config, 2 * config.meta_batch, seed=0)
+    sample, rng = _sampler(tasks), np.random.default_rng(5)
+    try:
+        with pytest.raises(RuntimeError, match="inner step failed"):
+            algo.step(sample, 0.5, rng)
+        metrics = algo.step(sample, 0.5, rng)
+    finally:
+        learner.close()
+    assert np.isfinite(metrics["inner_loss"])
+    assert all(torch.isfinite(p).all() for p in learner.params)

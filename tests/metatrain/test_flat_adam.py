@@ -250,3 +250,32 @@ def _timeless(run_dir) -> list[dict]:
                 record["validation"] = {**record["validation"], "seconds": None}
             records.append(record)
     return records
+
+
+@pytest.mark.parametrize("make", [conv_net, odd_net], ids=["conv", "odd"])
+def test_a_step_applied_in_ranges_in_any_order_is_the_whole_step_bit_for_bit(make):
+    # The threaded backward applies Adam in pieces (the first block here, the rest on the
+    # helper thread): together they must be exactly one step of the whole network's.
+    whole_model, split_model = make(), make()
+    whole, split = FlatAdam(adam(whole_model)), FlatAdam(adam(split_model))
+    count = len(split.params)
+    cuts = sorted({0, 1, count // 2, count})
+    for x, y in batches(whole_model, 4):
+        whole.step(grads_of(whole_model, x, y))
+        grads = list(grads_of(split_model, x, y))
+        scalars = split.begin_step()
+        assert scalars is not None
+        for first, last in reversed(list(zip(cuts, cuts[1:], strict=False))):
+            split.apply(scalars, first, last, grads)
+    assert_same(whole_model, split_model)
+    for key in ("exp_avg", "exp_avg_sq", "step"):
+        for p, q in zip(whole_model.parameters(), split_model.parameters(), strict=True):
+            assert torch.equal(whole.optimizer.state[p][key], split.optimizer.state[q][key])
+
+
+def test_begin_step_leaves_state_it_cannot_hold_to_torch():
+    model = odd_net()
+    optimizer = adam(model)
+    flat = FlatAdam(optimizer)
+    optimizer.param_groups[0]["amsgrad"] = True  # no longer a plain Adam
+    assert flat.begin_step() is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 import threading
@@ -152,11 +153,11 @@ def test_a_failure_on_either_thread_is_raised_and_the_next_step_works(threaded, 
     real = threaded_backward._conv_backward
     calls: list[str] = []
 
-    def failing_on_the_helper(grad, conv_in, conv, input_grad):
+    def failing_on_the_helper(grad, conv_in, block, weight, input_grad):
         calls.append(threading.current_thread().name)
         if threading.current_thread().name == "metatrain-backward":
             raise RuntimeError("weight gradient failed")
-        return real(grad, conv_in, conv, input_grad)
+        return real(grad, conv_in, block, weight, input_grad)
 
     monkeypatch.setattr(threaded_backward, "_conv_backward", failing_on_the_helper)
     with pytest.raises(RuntimeError, match="weight gradient failed"):
@@ -249,3 +250,174 @@ def test_a_step_interrupted_while_waiting_leaves_the_next_step_exact(threaded):
     x2 = torch.rand_like(x)
     _, _, grads = step(x2, y)
     _assert_autograds(grads, model, x2, y)
+
+
+# --- gradients computed in the helper's spare time (``later``) ----------------------------
+
+
+def _other_weights(model: nn.Module, seed: int) -> list[torch.Tensor]:
+    """The model's weights, each nudged: a point other than the one the model holds, laid out
+    in memory as the model's (channels_last), as the algorithms' copies are."""
+    g = torch.Generator().manual_seed(seed)
+    weights = [p.detach().clone() for p in model.parameters()]
+    for w in weights:
+        w.add_(0.01 * torch.randn(w.shape, generator=g))
+    return weights
+
+
+def _load(model: nn.Module, weights: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for p, w in zip(model.parameters(), weights, strict=True):
+            p.copy_(w)
+
+
+@pytest.mark.parametrize(
+    ("name", "batch"), [("omniglot-5way-1shot", 10), ("miniimagenet-5way-1shot", 4)]
+)
+def test_later_gives_autograds_numbers_at_the_weights_given_while_steps_go_on(
+    threaded, name, batch
+):
+    model, x, y = _net_and_batch(name, batch, True)
+    twin, _, _ = _net_and_batch(name, batch, True)
+    weights = _other_weights(model, seed=3)
+    step = threaded(model)
+    pending = step.later(x, y, weights)
+    x2 = torch.rand_like(x)
+    for _ in range(3):  # the helper's own jobs go first; the spare-time job is fitted around
+        _, _, grads = step(x2, y)
+        _assert_autograds(grads, model, x2, y)
+    out, loss, grads = pending.result()
+    _load(twin, weights)
+    expected_out = twin(x)
+    assert torch.equal(out, expected_out.detach())
+    assert torch.equal(loss, _summed_cross_entropy(expected_out, y).detach())
+    _assert_autograds(grads, twin, x, y)
+    assert not out.requires_grad and not any(g.requires_grad for g in grads)
+
+
+def test_a_cancelled_later_job_is_dropped_and_its_result_says_so(threaded):
+    model, x, y = _net_and_batch("tiny", 6, True)
+    step = threaded(model)
+    gate = threading.Event()
+    step._jobs.put(gate.wait)  # keeps the helper busy until the job is cancelled
+    step._outstanding += 1
+    pending = step.later(x, y, _other_weights(model, seed=1))
+    pending.cancel()
+    gate.set()
+    step.settle()
+    with pytest.raises(RuntimeError, match="cancelled"):
+        pending.result()
+    _, _, grads = step(x, y)  # the helper goes on
+    _assert_autograds(grads, model, x, y)
+
+
+def test_a_failing_later_job_raises_from_its_result_only(threaded):
+    model, x, y = _net_and_batch("tiny", 6, True)
+    step = threaded(model)
+    pending = step.later(x, torch.full_like(y, 99), _other_weights(model, seed=1))  # bad labels
+    with pytest.raises((IndexError, RuntimeError), match="out of bounds|Target"):
+        pending.result()
+    _, _, grads = step(x, y)
+    _assert_autograds(grads, model, x, y)
+
+
+def test_closing_answers_later_jobs_still_waiting():
+    model, x, y = _net_and_batch("tiny", 6, True)
+    step = ThreadedBackward(model, list(model.parameters()), _summed_cross_entropy)
+    gate = threading.Event()
+    step._jobs.put(gate.wait)
+    pending = step.later(x, y, _other_weights(model, seed=1))
+    step._jobs.put(None)  # what close() sends, queued behind the jobs
+    gate.set()
+    with pytest.raises(RuntimeError, match="closed"):
+        pending.result()
+    step.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        step.later(x, y, list(model.parameters()))
+
+
+# --- the optimizer's step taken inside the backward pass (``update``) -------------------
+
+
+def _flat_adam(model: nn.Module):
+    from metatrain.flat_adam import FlatAdam
+
+    return FlatAdam(torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.0, 0.999), eps=1e-8))
+
+
+def _updating(adam):
+    """An ``update`` for one step of ``adam``, as the learner makes it."""
+    scalars = adam.begin_step()
+    assert scalars is not None
+    return functools.partial(adam.apply, scalars)
+
+
+@pytest.mark.parametrize(
+    ("name", "batch"),
+    [("omniglot-5way-1shot", 10), ("miniimagenet-5way-1shot", 4), ("tiny", 6)],
+)
+def test_steps_that_update_in_place_are_adams_steps_to_the_bit(threaded, name, batch):
+    model, x, y = _net_and_batch(name, batch, True)
+    twin, _, _ = _net_and_batch(name, batch, True)
+    adam, twin_adam = _flat_adam(model), _flat_adam(twin)
+    step = threaded(model)
+    assert step.updates_in_place
+    g = torch.Generator().manual_seed(7)
+    batches = [torch.rand(x.shape, generator=g).contiguous(memory_format=torch.channels_last)]
+    batches += [batches[0] * 0.5, batches[0] ** 2]
+    later = step.later(batches[2], y, [p.detach().clone() for p in model.parameters()])
+    for xb in batches[:2]:
+        out, loss, _ = step(xb, y, _updating(adam))  # unsettled in between, as in a task
+        expected = twin(xb)
+        assert torch.equal(out, expected.detach())
+        twin_adam.step(
+            torch.autograd.grad(_summed_cross_entropy(expected, y), list(twin.parameters()))
+        )
+    step.settle()
+    assert all(
+        torch.equal(p, q) for p, q in zip(model.parameters(), twin.parameters(), strict=True)
+    )
+    # Gradients computed elsewhere (here at the weights before those two steps) go the same way.
+    _, _, grads = later.result()
+    step.update(_updating(adam), grads)
+    twin_adam.step(grads)
+    step.settle()
+    assert all(
+        torch.equal(p, q) for p, q in zip(model.parameters(), twin.parameters(), strict=True)
+    )
+
+
+def test_an_update_failing_on_the_helper_is_raised_by_the_next_step_or_settle(threaded):
+    model, x, y = _net_and_batch("tiny", 6, True)
+    step = threaded(model)
+    calls: list[tuple[int, int]] = []
+
+    def update(first, last, grads):
+        calls.append((first, last))
+        if threading.current_thread().name == "metatrain-backward":
+            raise RuntimeError("update failed")
+
+    step(x, y, update)  # may return before the helper's part has run
+    with pytest.raises(RuntimeError, match="update failed"):
+        step.settle()
+    assert sorted(calls) == [(0, 4), (4, len(list(model.parameters())))]
+    step(x, y, update)
+    with pytest.raises(RuntimeError, match="update failed"):
+        step(x, y)  # waits for the previous step's update after its first block
+    step.settle()  # nothing left over
+    _, _, grads = step(x, y)
+    _assert_autograds(grads, model, x, y)
+
+
+def test_params_not_side_by_side_cannot_be_updated_in_place():
+    model, x, y = _net_and_batch("tiny", 6, True)
+    params = list(model.parameters())
+    shuffled = ThreadedBackward(model, params[1:] + params[:1], _summed_cross_entropy)
+    try:
+        assert not shuffled.updates_in_place
+        with pytest.raises(ValueError, match="side by side"):
+            shuffled(x, y, lambda first, last, grads: None)
+        _, _, grads = shuffled(x, y)
+        _assert_autograds(grads, model, x, y, params[1:] + params[:1])
+    finally:
+        shuffled.close()

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -99,58 +99,6 @@ class _Stats:
         return out
 
 
-def step_record(
-    classification: bool, out: torch.Tensor, loss: torch.Tensor, y: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-    """What ``_Stats.add`` takes for one inner step: (mean loss, correct predictions or None,
-    examples), from the step's output and (summed or mean) loss."""
-    with torch.no_grad():
-        n = len(y)
-        if classification:
-            return loss.detach() / n, (out.argmax(1) == y).sum(), n
-        return loss.detach(), None, n
-
-
-class _Replica:
-    """A second set of weights and inner optimizer, for the tasks the helper thread trains
-    (``Learner.train_later``); only ever used on that thread, one task at a time."""
-
-    def __init__(self, learner: Learner) -> None:
-        self.learner = learner
-        self.weights = learner.copy_params()  # laid out as the model's (channels_last)
-        self.optimizer: torch.optim.Optimizer | None = None
-        self.flat_adam: FlatAdam | None = None
-        if learner.optimizer_name == "adam":
-            group = learner.optimizer.param_groups[0]
-            self.optimizer = torch.optim.Adam(
-                self.weights, lr=group["lr"], betas=group["betas"], eps=group["eps"], foreach=True
-            )
-            if FlatAdam.applies_to(self.optimizer):
-                self.flat_adam = FlatAdam(self.optimizer)
-
-    def begin(self, theta: Sequence[torch.Tensor]) -> None:
-        """Start a task from ``theta`` with a fresh optimizer, the learner's hyperparameters."""
-        with torch.no_grad():
-            torch._foreach_copy_(self.weights, list(theta))
-        if self.optimizer is not None:
-            source = self.learner.optimizer.param_groups[0]
-            group = self.optimizer.param_groups[0]
-            for key in ("lr", "betas", "eps"):
-                group[key] = source[key]
-            self.optimizer.state.clear()
-
-    def step(self, grads: Sequence[torch.Tensor]) -> None:
-        """The learner's inner step (``Learner._apply_gradients``) on these weights."""
-        if self.optimizer is None:
-            with torch.no_grad():
-                lr = self.learner.optimizer.param_groups[0]["lr"]
-                torch._foreach_add_(self.weights, list(grads), alpha=-lr)
-        elif self.flat_adam is not None:
-            self.flat_adam.step(grads)
-        else:
-            torch_step(self.optimizer, self.weights, grads)
-
-
 class Learner:
     """One network and one inner optimizer, reused for every task of a run.
 
@@ -203,7 +151,6 @@ class Learner:
         )
         # Started by ``use_threaded_backward`` where a second core is the run's to use.
         self.threaded: ThreadedBackward | None = None
-        self._replica: _Replica | None = None  # for ``train_later``, made at its first use
 
     def use_threaded_backward(self) -> bool:
         """Compute each inner step's convolution weight gradients on a helper thread
@@ -223,26 +170,6 @@ class Learner:
         if self.threaded is None:
             return None
         return self.threaded.later(x, y, weights)
-
-    def train_later(
-        self,
-        config: Config,
-        task: TaskTensors,
-        order: np.ndarray,
-        theta: Sequence[torch.Tensor],
-    ) -> Pending | None:
-        """``task_update`` of a task that starts from ``theta`` with a fresh inner optimizer,
-        run by the helper thread in its spare time on weights of its own; the ``Pending``
-        returns (the task's share, its steps' ``step_record``s), or may be ``claim``ed back
-        while the helper has not begun it. None without the helper, or where tasks chain
-        the optimizer's state (a task must then wait for the one before it)."""
-        if self.threaded is None or self.keep_state:
-            return None
-        if self._replica is None:
-            self._replica = _Replica(self)
-        return self.threaded.spare(
-            _task_on_helper(self.threaded, self._replica, config, task, order, theta)
-        )
 
     def close(self) -> None:
         """Stop the helper thread, if any (the learner keeps working without it)."""
@@ -320,7 +247,12 @@ class Learner:
             loss = self.loss(out, y)
             self._apply_gradients(torch.autograd.grad(loss, self.params))
         if stats is not None:
-            stats.add(*step_record(self.classification, out, loss, y))
+            with torch.no_grad():
+                n = len(y)
+                if self.classification:
+                    stats.add(loss.detach() / n, (out.argmax(1) == y).sum(), n)
+                else:
+                    stats.add(loss.detach(), None, n)
 
     def _in_place_update(self) -> StepScalars | None:
         """This step's Adam scalars where the threaded backward can apply Adam itself."""
@@ -465,35 +397,6 @@ def task_batch_orders(config: Config, task: TaskTensors, rng: np.random.Generato
     return batch_order(len(task[0]), config.inner_batch, steps, rng)
 
 
-def _task_on_helper(
-    threaded: ThreadedBackward,
-    replica: _Replica,
-    config: Config,
-    task: TaskTensors,
-    order: np.ndarray,
-    theta: Sequence[torch.Tensor],
-) -> Generator[None, None, tuple[list[torch.Tensor], list[Any]]]:
-    """``task_update`` on the helper thread (``Learner.train_later``): the same steps and
-    arithmetic, on the replica's weights; returns (share, step records)."""
-    replica.begin(theta)
-    classification = replica.learner.classification
-    records = []
-    for xb, yb in batches_in_order(task[0], task[1], order):
-        out, loss, grads = yield from threaded.gradient_steps(xb, yb, replica.weights)
-        replica.step(grads)
-        records.append(step_record(classification, out, loss, yb))
-    if config.algorithm != "fomaml":
-        return [w.clone() for w in replica.weights], records
-    share = [w.clone() for w in replica.weights]
-    out, loss, grads = yield from threaded.gradient_steps(task[2], task[3], replica.weights)
-    replica.step(grads)
-    records.append(step_record(classification, out, loss, task[3]))
-    with torch.no_grad():
-        torch._foreach_sub_(share, replica.weights)
-        torch._foreach_neg_(share)
-    return share, records
-
-
 def first_batch(task: TaskTensors, order: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """The batch ``task_update`` takes its first inner step on: the first mini-batch of
     ``order``, or FOMAML's tail batch where ``order`` has none."""
@@ -619,29 +522,19 @@ class _MetaAlgorithm:
             for _ in range(n):  # all drawn first, in the one-task loop's order
                 task = sample_task()
                 drawn.append((task, task_batch_orders(self.config, task, rng)))
-            # The helper thread (if any) works ahead in its spare time; the same kernels on
-            # one thread each, so the same bits. Tasks from fresh optimizers share nothing: it
-            # trains whole tasks, from the last one back, and this thread takes back those it
-            # reaches first. Chained tasks still all start from theta, so the first step's
-            # gradients of each need nothing from the tasks before it: it computes those.
-            wholes: list[Pending | None] = [None] * n
-            firsts: list[Pending | None] = [None] * n
-            for i in range(n - 1, 0, -1):  # the helper takes the front of its list first
-                wholes[i] = learner.train_later(self.config, *drawn[i], self._theta)
-            if wholes[-1] is None:
-                for i in range(1, n):
-                    firsts[i] = learner.gradients_later(*first_batch(*drawn[i]), self._theta)
+            # Every task starts from theta, so its first step's gradients need nothing from the
+            # tasks before it, even with Adam's moments chained: the helper thread (if any)
+            # computes them in its spare time. The same kernels, so the same bits.
+            firsts = [None] + [
+                learner.gradients_later(*first_batch(task, order), self._theta)
+                for task, order in drawn[1:]
+            ]
             try:
-                for (task, order), whole, first in zip(drawn, wholes, firsts, strict=True):
-                    if whole is not None and not whole.claim():
-                        share, records = whole.result()
-                        for record in records:
-                            stats.add(*record)
-                    else:
-                        learner.begin_task()
-                        share = task_update(
-                            learner, self.config, task, order, stats, self._scratch, first
-                        )
+                for (task, order), first in zip(drawn, firsts, strict=True):
+                    learner.begin_task()
+                    share = task_update(
+                        learner, self.config, task, order, stats, self._scratch, first
+                    )
                     with torch.no_grad():
                         torch._foreach_add_(self._acc, share)
                     learner.load_params(self._theta)
@@ -650,7 +543,7 @@ class _MetaAlgorithm:
             finally:
                 # After a failure: the helper drops what is left (a job still reading theta
                 # when the next step overwrites it computes numbers nobody takes).
-                for pending in wholes + firsts:
+                for pending in firsts:
                     if pending is not None:
                         pending.cancel()
         with torch.no_grad():

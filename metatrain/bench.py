@@ -13,9 +13,7 @@ What is compared (omniglot-5way-1shot, real Omniglot from ``$METATRAIN_DATA``):
   with the preset as the paper runs it (the library keeps Adam's moments across tasks, which
   costs the same arithmetic as fresh ones but makes the tasks a strict sequence), and with
   ``keep_adam_state=False``, exactly the plain loop's arithmetic, where the library runs the
-  meta-batch's tasks side by side: in task worker processes (``metatrain.parallel``) where
-  there are more than two, else in its own process with the helper thread
-  (``metatrain.threaded_backward``) training tasks beside it.
+  meta-batch's tasks side by side in task worker processes (``metatrain.parallel``).
 - evaluation: (a) the library's ``evaluate()`` on a network, with task workers, timed from its
   first task after the warm-up ones to its return; (b) ``plain_eval_task``: deepcopy + fresh
   Adam + 50 steps of batch 5 + predicting the (transductive) queries.
@@ -432,8 +430,7 @@ def run_bench(
     fresh Adam): ``train``, the preset as the paper runs it (Adam's moments chained across
     tasks, so the library runs its tasks one after another); ``train_fresh_adam``, the preset
     with ``keep_adam_state=False``, the plain loop's own arithmetic, where the library runs a
-    meta-batch's tasks side by side (on ``workers`` processes where there are more than two,
-    else on its two threads); ``evaluate``, with ``workers``.
+    meta-batch's tasks side by side on ``workers`` processes; ``evaluate``, with ``workers``.
     The plain loop uses this process's torch threads (``--threads``).
 
     ``iterations``/``eval_tasks``: timed per side (None: as many as take about ``seconds``
@@ -469,10 +466,9 @@ def run_bench(
     train_result["threaded_backward"] = bool(started.get("threaded_backward"))
 
     fresh = config.replace(keep_adam_state=False)
-    log(f"meta-training, fresh Adam per task, workers={count} (meta-iterations/s):")
-    fresh_started: dict[str, Any] = {}
+    log(f"meta-training, fresh Adam per task, {count} task worker(s) (meta-iterations/s):")
     fresh_result = _compare(
-        lambda n: _library_train(fresh, n, dev, count, fresh_started),
+        lambda n: _library_train(fresh, n, dev, count),
         _PlainTrainer(fresh, splits, dev).run,
         iterations,
         seconds,
@@ -480,11 +476,7 @@ def run_bench(
         log,
         "iterations",
     )
-    # More than two task workers train the tasks side by side; otherwise this process does,
-    # with its helper thread training some of them (metatrain.train).
-    side_by_side = bool(fresh_started.get("parallel_training_tasks"))
-    fresh_result["library_workers"] = count if side_by_side else 1
-    fresh_result["threaded_backward"] = bool(fresh_started.get("threaded_backward"))
+    fresh_result["library_workers"] = count
 
     log(f"evaluation, {count} task worker(s) (tasks/s):")
     model = plain_trainer.model  # any weights do: the work per task does not depend on them
@@ -607,9 +599,7 @@ def format_report(result: dict[str, Any]) -> str:
             "training: the preset as the paper runs it, Adam's moments chained from task to "
             "task, so the library trains its tasks one after another;",
             "train fresh: keep_adam_state=false, each task from a fresh Adam, the plain loop's "
-            "own arithmetic; the library trains a meta-batch's tasks side by side (on 2 cores:",
-            "its helper thread trains tasks from the back of the meta-batch while it trains "
-            "them from the front).",
+            "own arithmetic; the library trains a meta-batch's tasks side by side.",
         ]
     if "evaluate_sine" in result:
         lines.append(

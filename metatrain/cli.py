@@ -544,9 +544,8 @@ def cmd_bench(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 WORKERS_HELP = (
     "processes that run independent tasks side by side on the CPU, one torch thread each: "
     "'auto' (one per usable core) or N; default $METATRAIN_WORKERS or auto. Same results "
-    "as one; ignored on a GPU. Training tasks only qualify without keep_adam_state and with "
-    "more than 2 workers; otherwise (the presets: chained Adam), N > 1 lets a conv net's serial "
-    "steps use a second thread instead"
+    "as one; ignored on a GPU. Training tasks only qualify without keep_adam_state; with it "
+    "(the presets), N > 1 lets a conv net's serial steps use a second thread instead"
 )
 
 

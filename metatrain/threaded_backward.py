@@ -54,7 +54,6 @@ import threading
 import weakref
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
 
 import torch
 from torch import nn
@@ -64,9 +63,6 @@ __all__ = ["Pending", "ThreadedBackward"]
 _aten = torch.ops.aten
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-# A step's (output, loss, gradients in ``params`` order).
-Gradients = tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]
-T = TypeVar("T")
 # ``update(first, last, grads)``: the optimizer's step for ``params[first:last]``.
 Update = Callable[[int, int, list[torch.Tensor]], None]
 
@@ -161,35 +157,35 @@ def _supported_split(model: nn.Module) -> tuple[list[_Block], nn.Sequential] | N
     return _split(model)
 
 
-class Pending(Generic[T]):
-    """Work the helper does in its spare time (``ThreadedBackward.spare``): a generator that
-    pauses after each block of the network and returns the result.
+class Pending:
+    """Gradients being computed on the helper in its spare time (``ThreadedBackward.later``).
 
-    The helper advances it one block at a time, whenever none of the jobs of a step in
-    progress are waiting, so it never delays the calling thread's steps by more than one
-    kernel. The calling thread may ``claim`` it back while the helper has not started it."""
+    The helper advances it one block of the network at a time, whenever no weight gradients
+    of a step in progress are waiting, so it never delays the calling thread's steps by more
+    than one kernel."""
 
-    def __init__(self, steps: Generator[None, None, T]) -> None:
+    def __init__(
+        self,
+        steps: Generator[None, None, tuple[torch.Tensor, torch.Tensor]],
+        grads: list[torch.Tensor | None],
+    ) -> None:
         self._steps = steps
-        self._value: T | None = None
+        self._grads = grads
+        self._value: tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]] | None = None
         self._error: BaseException | None = None
         self._done = threading.Event()
-        self._lock = threading.Lock()  # started versus claimed: one of them wins
-        self._started = False
         self._cancelled = False
 
     def _advance(self) -> bool:
         """Run the next block (on the helper); True when finished."""
-        if not self._started:
-            with self._lock:
-                self._started = not self._cancelled
         if self._cancelled:
             self._finish(error=RuntimeError("cancelled"))
             return True
         try:
             next(self._steps)
         except StopIteration as stop:
-            self._value = stop.value
+            out, loss = stop.value
+            self._value = (out, loss, self._grads)  # type: ignore[assignment]
             self._done.set()
             return True
         except BaseException as error:  # noqa: BLE001 - re-raised by result()
@@ -202,25 +198,17 @@ class Pending(Generic[T]):
         self._steps.close()
         self._done.set()
 
-    def claim(self) -> bool:
-        """Take it back if the helper has not started it: True, and the helper drops it (the
-        caller does the work itself); False once the helper has begun (wait for ``result``)."""
-        with self._lock:
-            if self._started:
-                return False
-            self._cancelled = True
-            return True
-
     def cancel(self) -> None:
         """Drop it: the helper stops working on it at its next block."""
         self._cancelled = True
 
-    def result(self) -> T:
-        """What the work returned, waiting for it if need be."""
+    def result(self) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """(output, loss, gradients in ``params`` order), waiting for them if need be."""
         self._done.wait()
         if self._error is not None:
             raise self._error
-        return self._value  # type: ignore[return-value]
+        assert self._value is not None
+        return self._value
 
 
 def _serve(jobs: queue.SimpleQueue, results: queue.SimpleQueue, ready: threading.Event) -> None:
@@ -342,7 +330,9 @@ class ThreadedBackward:
         ``params``, as the model's own order has them)."""
         return self._ranges is not None
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, update: Update | None = None) -> Gradients:
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, update: Update | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """(output, loss, gradients in ``params`` order); output and loss are detached.
 
         ``update``: also take the optimizer's step, in two ranges of ``params``, each as soon
@@ -393,36 +383,21 @@ class ThreadedBackward:
         if errors:
             raise errors[0]
 
-    def later(
-        self, x: torch.Tensor, y: torch.Tensor, weights: Sequence[torch.Tensor]
-    ) -> Pending[Gradients]:
+    def later(self, x: torch.Tensor, y: torch.Tensor, weights: Sequence[torch.Tensor]) -> Pending:
         """What ``__call__`` returns, for the network with ``weights`` (in ``params`` order)
         instead of its own, computed wholly on the helper while it would otherwise wait. The
         same kernels on one thread each, so the same bits, for ``weights`` laid out in memory
         as the params are (copies made with ``clone``: channels_last stays so). ``weights``
         and the batch must not change until the result is taken or the ``Pending``
         cancelled."""
-        return self.spare(self.gradient_steps(x, y, weights))
-
-    def spare(self, steps: Generator[None, None, T]) -> Pending[T]:
-        """Have the helper run ``steps`` in its spare time (see ``Pending``). ``steps`` runs
-        on the helper thread, with autograd off: build it from ``gradient_steps``."""
         if not self._thread.is_alive():
             raise RuntimeError("ThreadedBackward is closed")
-        pending = Pending(steps)
+        grads: list[torch.Tensor | None] = [None] * self._count
+        pending = Pending(
+            self._gradients(x, y, list(weights), grads, hand_off=False, update=None), grads
+        )
         self._jobs.put(pending)
         return pending
-
-    def gradient_steps(
-        self, x: torch.Tensor, y: torch.Tensor, weights: Sequence[torch.Tensor]
-    ) -> Generator[None, None, Gradients]:
-        """``later``'s work as a generator, for the helper to run (``spare``): one thread,
-        pausing after each block; returns (output, loss, gradients)."""
-        grads: list[torch.Tensor | None] = [None] * self._count
-        out, loss = yield from self._gradients(
-            x, y, list(weights), grads, hand_off=False, update=None
-        )
-        return out, loss, grads  # type: ignore[return-value]
 
     def _gradients(
         self,

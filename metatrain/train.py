@@ -233,15 +233,11 @@ def train(
 
     cores = resolve_workers(workers, dev)
     count = useful_workers(config, cores, stack_tasks)
-    # A meta-batch's tasks share Adam's moments under keep_adam_state: they stay serial.
-    # Independent tasks go to task workers where there are more than two; with two cores, one
-    # process whose helper thread trains tasks beside it (metatrain.threaded_backward) was
-    # faster: 46 against 58 ms per Omniglot meta-iteration, measured in alternating rounds.
-    serial_tasks = learner.keep_state or count <= 2
-    if serial_tasks and not config.validation_interval:
-        count = 1  # nothing else would use the workers
+    if learner.keep_state and not config.validation_interval:
+        count = 1  # chained tasks stay serial and nothing else would use the workers
     pool = TaskPool(model, config, count) if count > 1 else None
-    train_pool = None if serial_tasks else pool
+    # A meta-batch's tasks share Adam's moments under keep_adam_state: they stay serial.
+    train_pool = pool if not learner.keep_state else None
     # Serial tasks on a CPU with a second core: that core takes each step's weight gradients
     # (metatrain.threaded_backward), and this thread drops to one torch thread meanwhile.
     # Measured against two intra-op threads (1.2 vs 1.33 ms per Omniglot step); a process

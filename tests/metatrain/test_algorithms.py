@@ -311,78 +311,11 @@ def _image_tasks(config: Config, count: int, seed: int) -> list[tuple[torch.Tens
     ]
 
 
-def _conv_learner(config: Config, threaded: bool) -> Learner:
-    from metatrain.models import build_model
-
-    model = build_model(config, generator=torch.Generator().manual_seed(1))
-    learner = Learner.from_config(model.to(memory_format=torch.channels_last), config)
-    assert learner.use_threaded_backward() if threaded else learner.threaded is None
-    return learner
-
-
-class _Records:
-    """Something with ``_Stats.add``'s signature that keeps what it is told."""
-
-    def __init__(self) -> None:
-        self.records: list[tuple] = []
-
-    def add(self, *record) -> None:
-        self.records.append(record)
-
-
 @pytest.mark.parametrize(
-    ("algorithm", "optimizer"), [("reptile", "adam"), ("fomaml", "adam"), ("reptile", "sgd")]
+    ("algorithm", "inner_iters"), [("reptile", 3), ("fomaml", 3), ("fomaml", 1)]
 )
-def test_a_task_trained_by_the_helper_is_task_update_to_the_bit(algorithm, optimizer):
-    from metatrain.algorithms import task_batch_orders, task_update
-    from metatrain.config import preset
-
-    config = preset("omniglot-5way-1shot").replace(
-        algorithm=algorithm,
-        inner_optimizer=optimizer,
-        keep_adam_state=False,
-        inner_iters=3,
-        fomaml_tail_shots=2,
-    )
-    helper, alone = _conv_learner(config, True), _conv_learner(config, False)
-    theta = alone.copy_params()
-    try:
-        for seed in range(2):  # the helper's replica starts each task afresh
-            task = _image_tasks(config, 1, seed=seed)[0]
-            order = task_batch_orders(config, task, np.random.default_rng(seed))
-            share, records = helper.train_later(config, task, order, theta).result()
-            recorder = _Records()
-
-            alone.load_params(theta)
-            alone.begin_task()
-            scratch = [torch.zeros_like(t) for t in theta]
-            expected = task_update(alone, config, task, order, recorder, scratch)
-            recorded = recorder.records
-            assert all(torch.equal(a, b) for a, b in zip(share, expected, strict=True))
-            assert len(records) == len(recorded) == config.inner_iters
-            for (loss, correct, n), (loss2, correct2, n2) in zip(records, recorded, strict=True):
-                assert torch.equal(loss, loss2) and torch.equal(correct, correct2) and n == n2
-        assert all(torch.equal(p, t) for p, t in zip(helper.params, theta, strict=True))
-        if optimizer == "adam":  # chained moments: each task waits for the one before
-            chained = _conv_learner(config.replace(keep_adam_state=True), True)
-            assert chained.train_later(config, task, order, theta) is None
-            chained.close()
-    finally:
-        helper.close()
-
-
-@pytest.mark.parametrize(
-    ("algorithm", "inner_iters", "keep_state"),
-    [
-        ("reptile", 3, True),
-        ("fomaml", 3, True),
-        ("fomaml", 1, True),
-        ("reptile", 3, False),
-        ("fomaml", 3, False),
-    ],
-)
-def test_work_done_ahead_on_the_helper_gives_the_one_thread_numbers(
-    algorithm, inner_iters, keep_state, monkeypatch
+def test_first_steps_computed_on_the_helper_give_the_one_thread_numbers(
+    algorithm, inner_iters, monkeypatch
 ):
     # Each task of a meta-batch starts from theta, so the helper thread computes the first
     # step's gradients of tasks 2..n ahead, chained Adam or not: the same bits as one thread.
@@ -391,11 +324,7 @@ def test_work_done_ahead_on_the_helper_gives_the_one_thread_numbers(
     from metatrain.threaded_backward import ThreadedBackward
 
     config = preset("omniglot-5way-1shot").replace(
-        algorithm=algorithm,
-        inner_iters=inner_iters,
-        meta_batch=3,
-        fomaml_tail_shots=2,
-        keep_adam_state=keep_state,
+        algorithm=algorithm, inner_iters=inner_iters, meta_batch=3, fomaml_tail_shots=2
     )
     tasks = _image_tasks(config, 3 * config.meta_batch, seed=0)
     later_calls: list[int] = []
@@ -422,10 +351,8 @@ def test_work_done_ahead_on_the_helper_gives_the_one_thread_numbers(
     (one, one_metrics), (two, two_metrics) = results
     assert all(torch.equal(a, b) for a, b in zip(one, two, strict=True))
     assert one_metrics == two_metrics
-    # Chained: the first steps of tasks 2..n. Fresh: whole tasks instead (whichever thread
-    # reaches them first trains them; the numbers are the same either way).
     first_batch = config.inner_batch if inner_iters > 1 else config.ways * 2  # FOMAML's tail
-    assert later_calls == ([first_batch] * (3 * (config.meta_batch - 1)) if keep_state else [])
+    assert later_calls == [first_batch] * (3 * (config.meta_batch - 1))
 
 
 def test_a_meta_step_that_fails_part_way_leaves_the_helper_ready_for_the_next(monkeypatch):

@@ -238,7 +238,8 @@ def train(
     pool = TaskPool(model, config, count) if count > 1 else None
     # A meta-batch's tasks share Adam's moments under keep_adam_state: they stay serial.
     train_pool = pool if not learner.keep_state else None
-    # Serial tasks on a CPU with a second core: that core takes each step's weight gradients
+    # Serial tasks on a CPU with a second core: that core takes each step's weight gradients and
+    # most of its Adam update, and computes the later tasks' first steps ahead
     # (metatrain.threaded_backward), and this thread drops to one torch thread meanwhile.
     # Measured against two intra-op threads (1.2 vs 1.33 ms per Omniglot step); a process
     # given more intra-op threads than that keeps them (not measured against the helper).

@@ -43,9 +43,9 @@ from torch import nn
 from .config import Config
 from .cuda_graphs import GraphedSteps, graphs_supported
 from .data import batch_order, batches_in_order
-from .flat_adam import FlatAdam, StepScalars, torch_step
+from .flat_adam import FlatAdam, torch_step
 from .stacked import stacks_tasks, train_regression_tasks
-from .threaded_backward import Pending, ThreadedBackward
+from .threaded_backward import Pending, ThreadedBackward, Update
 
 __all__ = [
     "ADAM_EPS",
@@ -217,31 +217,24 @@ class Learner:
         replayed = None
         if computed is None and self.graphs is not None:
             replayed = self.graphs.step(x, y)
+        # Adam's step taken in two ranges on two threads (the later layers' on the helper, whose
+        # tail overlaps the next step's first layer), where the helper can.
+        update = None
         if computed is not None:
             self.settle()  # the weights must be those the gradients were computed at
             out, loss, grads = computed.result()
-            scalars = self._in_place_update()
-            if scalars is None:
+            update = self._in_place_update()
+            if update is None:
                 self._apply_gradients(grads)
             else:
-                update = functools.partial(self.flat_adam.apply, scalars)  # type: ignore[union-attr]
                 self.threaded.update(update, grads)  # type: ignore[union-attr]
-                if settle:
-                    self.threaded.settle()  # type: ignore[union-attr]
         elif replayed is not None:
             out, loss = replayed  # the graph's buffers: used below before the next step
         elif self.threaded is not None:
-            scalars = self._in_place_update()
-            if scalars is None:
-                out, loss, grads = self.threaded(x, y)
+            update = self._in_place_update()
+            out, loss, grads = self.threaded(x, y, update)
+            if update is None:
                 self._apply_gradients(grads)
-            else:
-                # Adam's step taken layer by layer inside the backward pass, the later layers'
-                # on the helper thread, whose tail overlaps the next step's first layer.
-                update = functools.partial(self.flat_adam.apply, scalars)  # type: ignore[union-attr]
-                out, loss, _ = self.threaded(x, y, update)
-                if settle:
-                    self.threaded.settle()
         else:
             out = self.model(x)
             loss = self.loss(out, y)
@@ -253,12 +246,16 @@ class Learner:
                     stats.add(loss.detach() / n, (out.argmax(1) == y).sum(), n)
                 else:
                     stats.add(loss.detach(), None, n)
+        if update is not None and settle:
+            self.settle()
 
-    def _in_place_update(self) -> StepScalars | None:
-        """This step's Adam scalars where the threaded backward can apply Adam itself."""
+    def _in_place_update(self) -> Update | None:
+        """This step's Adam update by ranges of weights (one step counted), where the threaded
+        backward can apply Adam itself; None where it cannot."""
         if self.flat_adam is None or self.threaded is None or not self.threaded.updates_in_place:
             return None
-        return self.flat_adam.begin_step()
+        scalars = self.flat_adam.begin_step()
+        return None if scalars is None else functools.partial(self.flat_adam.apply, scalars)
 
     def settle(self) -> None:
         """Wait for a step's updates still running on the helper thread (``step`` with

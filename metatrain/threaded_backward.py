@@ -58,7 +58,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["Pending", "ThreadedBackward"]
+__all__ = ["Pending", "ThreadedBackward", "Update"]
 
 _aten = torch.ops.aten
 

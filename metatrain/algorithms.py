@@ -522,10 +522,10 @@ class _MetaAlgorithm:
             # Every task starts from theta, so its first step's gradients need nothing from the
             # tasks before it, even with Adam's moments chained: the helper thread (if any)
             # computes them in its spare time. The same kernels, so the same bits.
-            firsts = [None] + [
-                learner.gradients_later(*first_batch(task, order), self._theta)
-                for task, order in drawn[1:]
-            ]
+            firsts: list[Pending | None] = [None] * n
+            if learner.threaded is not None:  # else the batches would be gathered for nothing
+                for i in range(1, n):
+                    firsts[i] = learner.gradients_later(*first_batch(*drawn[i]), self._theta)
             try:
                 for (task, order), first in zip(drawn, firsts, strict=True):
                     learner.begin_task()

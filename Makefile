@@ -22,7 +22,7 @@ test: $(STAMP)
 
 ## make test-fast: everything but the slow and end-to-end tests.
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow and not e2e"
+	$(PY) -m pytest -m "not slow and not e2e" $(PYTEST_ARGS)
 
 ## make worker: one more Celery worker against CELERY_BROKER_URL.
 worker: $(STAMP)

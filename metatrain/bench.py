@@ -33,6 +33,7 @@ import copy
 import math
 import os
 import platform
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -61,6 +62,8 @@ from .reporting import Reporter
 __all__ = [
     "PRESET",
     "bench_config",
+    "cpu_times",
+    "steal_share",
     "machine_info",
     "plain_meta_step",
     "plain_eval_task",
@@ -74,6 +77,7 @@ SINE_PRESET = "sine"
 TRAIN_WARMUP = 2  # meta-iterations run before the clock starts (first Adam step allocates)
 EVAL_WARMUP = 2  # evaluation tasks run before the clock starts
 CALIBRATION = 3  # timed iterations / tasks used to size the default run
+STEAL_NOTE = 0.05  # steal share from which the report warns that the host was contended
 
 
 def bench_config(**overrides: Any) -> Config:
@@ -184,6 +188,40 @@ def _load() -> list[float] | None:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
         return None
+
+
+def cpu_times(stat: str | None = None) -> tuple[int, int] | None:
+    """(steal, total) clock ticks of all CPUs since boot, from ``/proc/stat``'s first line (or
+    ``stat``, that file's text); None where there is no such file (not Linux) or no steal
+    column (kernels before 2.6.11).
+
+    Steal is time a virtual machine's CPUs were ready to run but the hypervisor ran something
+    else: on a shared cloud host it moves the figures by 10-20% from minute to minute, and
+    neither the load average nor this process's CPU time shows it."""
+    if stat is None:
+        try:
+            with open("/proc/stat", encoding="ascii") as f:
+                stat = f.readline()
+        except OSError:
+            return None
+    fields = stat.split("\n", 1)[0].split()
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    try:
+        # user nice system idle iowait irq softirq steal [guest guest_nice]: guest time is
+        # already counted in user and nice.
+        ticks = [int(v) for v in fields[1:9]]
+    except ValueError:
+        return None
+    return ticks[7], sum(ticks)
+
+
+def steal_share(start: tuple[int, int] | None, end: tuple[int, int] | None) -> float | None:
+    """The share of all CPU time between two ``cpu_times`` readings that the hypervisor
+    took (steal), or None where either reading is missing or no time passed."""
+    if start is None or end is None or end[1] <= start[1]:
+        return None
+    return round((end[0] - start[0]) / (end[1] - start[1]), 4)
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
@@ -386,6 +424,7 @@ def _compare(
         name: {"count": 0, "seconds": 0.0, "cpu_seconds": 0.0, "round_rates": []}
         for name in ("library", "plain")
     }
+    ticks = cpu_times()
     for r, n in enumerate(_split(total, rounds)):
         order = [("library", library), ("plain", plain)]
         if r % 2:
@@ -401,7 +440,7 @@ def _compare(
             f"  round {r + 1}: library {sides['library']['round_rates'][-1]:.2f}, "
             f"plain {sides['plain']['round_rates'][-1]:.2f} {unit}/s"
         )
-    result: dict[str, Any] = {unit: total}
+    result: dict[str, Any] = {unit: total, "steal_share": steal_share(ticks, cpu_times())}
     for name, side in sides.items():
         side[f"{unit}_per_s"] = round(side["count"] / max(side["seconds"], 1e-9), 3)
         side[f"{unit}_per_cpu_s"] = round(side["count"] / max(side["cpu_seconds"], 1e-9), 3)
@@ -411,6 +450,14 @@ def _compare(
     lib, pl = sides["library"], sides["plain"]
     result["speedup"] = round(lib[f"{unit}_per_s"] / max(pl[f"{unit}_per_s"], 1e-9), 3)
     result["speedup_cpu"] = round(lib[f"{unit}_per_cpu_s"] / max(pl[f"{unit}_per_cpu_s"], 1e-9), 3)
+    # Each round's ratio compares two runs minutes apart at most: on a host whose speed
+    # drifts, their median moves less than the ratio of the totals.
+    result["speedup_round_median"] = round(
+        statistics.median(
+            a / max(b, 1e-9) for a, b in zip(lib["round_rates"], pl["round_rates"], strict=True)
+        ),
+        3,
+    )
     return result
 
 
@@ -566,6 +613,9 @@ def format_report(result: dict[str, Any]) -> str:
             "figures are then mostly scheduling noise (compare --threads 1)"
         )
     lines.append("")
+    medians: list[str] = []
+    steals: list[str] = []
+    worst = 0.0
     for title, key, unit in (
         ("training", "train", "iterations"),
         ("train fresh", "train_fresh_adam", "iterations"),
@@ -593,6 +643,21 @@ def format_report(result: dict[str, Any]) -> str:
         else:
             line += f"  ({r['library_workers']} task workers)"
         lines.append(line)
+        if r.get("speedup_round_median") is not None:
+            medians.append(f"{title} {r['speedup_round_median']:.2f}x")
+        if r.get("steal_share") is not None:
+            steals.append(f"{title} {100 * r['steal_share']:.0f}%")
+            worst = max(worst, r["steal_share"])
+    if medians:
+        lines.append("median of the per-round ratios: " + ", ".join(medians))
+    if steals:
+        lines.append("hypervisor steal (share of all CPU time, /proc/stat): " + ", ".join(steals))
+    if worst >= STEAL_NOTE:
+        lines.append(
+            f"note: the hypervisor took up to {100 * worst:.0f}% of these cores' time: other "
+            "virtual machines share the host, and the figures move with them; rerun, or "
+            "compare the per-round ratios"
+        )
     if "train_fresh_adam" in result:
         lines += [
             "",

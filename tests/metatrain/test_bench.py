@@ -138,6 +138,89 @@ def test_machine_info_names_cpu_torch_threads_and_device():
     assert info["device"] == "cpu" and info["cpu"] and info["cores"] >= 1
 
 
+def test_cpu_times_reads_steal_and_the_total_from_proc_stat_text():
+    text = "cpu  100 5 50 800 10 1 2 32 7 0\ncpu0 50 2 25 400 5 0 1 16 3 0\n"
+    # guest time (7) is already inside user: not added to the total again
+    assert bench.cpu_times(text) == (32, 100 + 5 + 50 + 800 + 10 + 1 + 2 + 32)
+
+
+@pytest.mark.parametrize("text", ["", "intr 5 6 7\n", "cpu 1 2 3 4\n", "cpu 1 2 3 4 5 6 7 x\n"])
+def test_cpu_times_is_none_without_a_readable_steal_column(text):
+    assert bench.cpu_times(text) is None
+
+
+def test_steal_share_is_the_steal_part_of_the_time_between_two_readings():
+    assert bench.steal_share((10, 1000), (60, 1200)) == 0.25
+    assert bench.steal_share(None, (60, 1200)) is None
+    assert bench.steal_share((10, 1000), (10, 1000)) is None
+
+
+def test_cpu_times_reads_this_machine_where_it_is_linux():
+    ticks = bench.cpu_times()
+    if not os.path.exists("/proc/stat"):
+        assert ticks is None
+        return
+    assert ticks is not None and 0 <= ticks[0] <= ticks[1] and ticks[1] > 0
+
+
+def _section(unit: str, lib_rates: list[float], plain_rates: list[float], steal: float) -> dict:
+    def side(rates: list[float]) -> dict:
+        return {
+            "count": 4,
+            f"{unit}_per_s": sum(rates) / len(rates),
+            f"{unit}_per_cpu_s": sum(rates) / len(rates),
+            "round_rates": rates,
+        }
+
+    return {
+        unit: 4,
+        "library": side(lib_rates),
+        "plain": side(plain_rates),
+        "speedup": 2.0,
+        "speedup_cpu": 2.0,
+        "speedup_round_median": 1.9,
+        "steal_share": steal,
+        "library_workers": 2,
+    }
+
+
+def _report(steal: float) -> str:
+    machine = bench.machine_info(torch.device("cpu"))
+    machine["load_average_at_end"] = None
+    c = bench.bench_config()
+    workload = {
+        "preset": bench.PRESET,
+        "meta_batch": c.meta_batch,
+        "inner_iters": c.inner_iters,
+        "inner_batch": c.inner_batch,
+        "train_shots": c.train_shots,
+        "ways": c.ways,
+        "algorithm": c.algorithm,
+        "eval_inner_iters": c.eval_inner_iters,
+        "eval_inner_batch": c.eval_inner_batch,
+        "transductive": c.transductive,
+    }
+    result = {
+        "machine": machine,
+        "workload": workload,
+        "train": _section("iterations", [4.0, 3.6], [2.0, 2.0], steal),
+        "evaluate": _section("tasks", [5.0, 5.0], [2.5, 2.4], 0.01),
+    }
+    return bench.format_report(result)
+
+
+def test_the_report_warns_when_the_hypervisor_took_the_cores():
+    report = _report(steal=0.12)
+    assert "median of the per-round ratios: training 1.90x, evaluation 1.90x" in report
+    assert "hypervisor steal (share of all CPU time, /proc/stat): training 12%" in report
+    assert "note: the hypervisor took up to 12% of these cores' time" in report
+
+
+def test_the_report_has_no_steal_warning_on_a_quiet_host():
+    report = _report(steal=0.01)
+    assert "training 1%" in report and "note: the hypervisor" not in report
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not omniglot_available(DATA / "omniglot"), reason="no Omniglot data")
 def test_a_tiny_bench_reports_both_sides_and_their_ratio(monkeypatch):
@@ -166,6 +249,13 @@ def test_a_tiny_bench_reports_both_sides_and_their_ratio(monkeypatch):
         ratio = section["library"][f"{unit}_per_s"] / section["plain"][f"{unit}_per_s"]
         assert section["speedup"] == pytest.approx(ratio, rel=1e-2)
         assert section["library"]["seconds"] > 0 and section["speedup"] > 0
+        rounds = zip(
+            section["library"]["round_rates"], section["plain"]["round_rates"], strict=True
+        )
+        ratios = sorted(a / b for a, b in rounds)
+        assert section["speedup_round_median"] == pytest.approx(sum(ratios) / 2, rel=1e-2)
+        steal = section["steal_share"]
+        assert steal is None if not os.path.exists("/proc/stat") else 0 <= steal <= 1
     report = bench.format_report(result)
     assert "library/plain" in report and result["machine"]["cpu"] in report
     assert "train fresh" in report and "2 task workers" in report and "sine eval" in report

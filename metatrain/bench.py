@@ -65,6 +65,7 @@ __all__ = [
     "cpu_times",
     "steal_share",
     "machine_info",
+    "workload_info",
     "plain_meta_step",
     "plain_eval_task",
     "plain_sine_eval_task",
@@ -565,29 +566,34 @@ def run_bench(
     )
     sine_result["library_workers"] = 1
     machine["load_average_at_end"] = _load()
-    c = config
     return {
         "machine": machine,
-        "workload": {
-            "preset": PRESET,
-            "meta_batch": c.meta_batch,
-            "inner_iters": c.inner_iters,
-            "inner_batch": c.inner_batch,
-            "train_shots": c.train_shots,
-            "ways": c.ways,
-            "algorithm": c.algorithm,
-            "inner_optimizer": f"adam(betas=(0, {c.adam_beta2}), lr={c.inner_lr})",
-            "library_keeps_adam_state": c.keep_adam_state,
-            "eval_inner_iters": c.eval_inner_iters,
-            "eval_inner_batch": c.eval_inner_batch,
-            "shots": c.shots,
-            "queries": c.queries,
-            "transductive": c.transductive,
-        },
+        "workload": workload_info(config),
         "train": train_result,
         "train_fresh_adam": fresh_result,
         "evaluate": eval_result,
         "evaluate_sine": sine_result,
+    }
+
+
+def workload_info(config: Config) -> dict[str, Any]:
+    """What each side of the bench runs, from the bench's config (see ``bench_config``)."""
+    c = config
+    return {
+        "preset": PRESET,
+        "meta_batch": c.meta_batch,
+        "inner_iters": c.inner_iters,
+        "inner_batch": c.inner_batch,
+        "train_shots": c.train_shots,
+        "ways": c.ways,
+        "algorithm": c.algorithm,
+        "inner_optimizer": f"adam(betas=(0, {c.adam_beta2}), lr={c.inner_lr})",
+        "library_keeps_adam_state": c.keep_adam_state,
+        "eval_inner_iters": c.eval_inner_iters,
+        "eval_inner_batch": c.eval_inner_batch,
+        "shots": c.shots,
+        "queries": c.queries,
+        "transductive": c.transductive,
     }
 
 

@@ -187,22 +187,9 @@ def _section(unit: str, lib_rates: list[float], plain_rates: list[float], steal:
 def _report(steal: float) -> str:
     machine = bench.machine_info(torch.device("cpu"))
     machine["load_average_at_end"] = None
-    c = bench.bench_config()
-    workload = {
-        "preset": bench.PRESET,
-        "meta_batch": c.meta_batch,
-        "inner_iters": c.inner_iters,
-        "inner_batch": c.inner_batch,
-        "train_shots": c.train_shots,
-        "ways": c.ways,
-        "algorithm": c.algorithm,
-        "eval_inner_iters": c.eval_inner_iters,
-        "eval_inner_batch": c.eval_inner_batch,
-        "transductive": c.transductive,
-    }
     result = {
         "machine": machine,
-        "workload": workload,
+        "workload": bench.workload_info(bench.bench_config()),
         "train": _section("iterations", [4.0, 3.6], [2.0, 2.0], steal),
         "evaluate": _section("tasks", [5.0, 5.0], [2.5, 2.4], 0.01),
     }

@@ -484,12 +484,27 @@ def run_bench(
     ``iterations``/``eval_tasks``: timed per side (None: as many as take about ``seconds``
     on the slower side, measured during the warm-up). Raises DataError without Omniglot.
     """
-    log = log or (lambda text: None)
     from .parallel import resolve_workers
-    from .runtime import resolve_device
+    from .runtime import float32_precision, resolve_device
 
     dev = resolve_device(device)
     count = resolve_workers(workers, dev)
+    # The plain loop too: on a GPU both sides then compute in IEEE float32, as train() does.
+    with float32_precision(dev):
+        return _run_comparisons(
+            dev, count, iterations, eval_tasks, seconds, rounds, log or (lambda text: None)
+        )
+
+
+def _run_comparisons(
+    dev: torch.device,
+    count: int,
+    iterations: int | None,
+    eval_tasks: int | None,
+    seconds: float,
+    rounds: int,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
     config = bench_config()
     machine = machine_info(dev)
     machine["library_workers"] = count

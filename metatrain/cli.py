@@ -381,6 +381,7 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str], out: IO[str], err: 
                 device=args.device,
                 workers=args.workers,
                 cuda_graphs=not args.no_cuda_graphs,
+                tf32=args.tf32,
             )
     except (DataError, ConfigError, CheckpointMismatchError):
         if not existed:  # do not leave an empty folder behind a failed start
@@ -491,18 +492,22 @@ def cmd_evaluate(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
             device=args.device,
             workers=args.workers,
             cuda_graphs=not args.no_cuda_graphs,
+            tf32=args.tf32,
         )
     progress.finish(result.tasks)
     if result.stopped:
         err.write(f"interrupted after {result.tasks}/{tasks} tasks; no result printed\n")
         return flag.exit_code
     doc = {k: _json_safe(v) for k, v in result.to_dict().items()}
+    device = args.device or _default_device()
     doc.update(
         {
             "run_dir": str(run_dir.resolve()),
             "config_hash": config_hash,
             "seed": args.seed if args.seed is not None else config.seed,
-            "device": args.device or _default_device(),
+            "device": device,
+            # Only where it can differ: a CPU computes in IEEE float32 either way.
+            **({"tf32": args.tf32} if device.startswith("cuda") else {}),
         }
     )
     out.write(json.dumps(doc) + "\n")
@@ -550,7 +555,8 @@ WORKERS_HELP = (
 
 
 def _add_compute_options(p: argparse.ArgumentParser, *, cuda_graphs: bool) -> None:
-    """Where and how the work runs: --device, --threads, --workers (and --no-cuda-graphs)."""
+    """Where and how the work runs: --device, --threads, --workers (and --no-cuda-graphs,
+    --tf32)."""
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
     p.add_argument(
         "--threads", type=_positive, metavar="N", help="torch intra-op threads (default: torch's)"
@@ -562,6 +568,12 @@ def _add_compute_options(p: argparse.ArgumentParser, *, cuda_graphs: bool) -> No
             action="store_true",
             help="on a GPU, launch each inner step's kernels one by one instead of replaying "
             "a captured CUDA graph (slower; for debugging)",
+        )
+        p.add_argument(
+            "--tf32",
+            action="store_true",
+            help="on an NVIDIA GPU, let convolutions and matrix products use TF32 tensor "
+            "cores (10-bit mantissa inputs); default IEEE float32, as the paper and a CPU",
         )
 
 

@@ -52,7 +52,7 @@ from .data import SineTaskSampler, TaskSampler, batch_order, load_class_splits
 from .models import build_from_architecture
 from .parallel import TaskPool, resolve_workers
 from .reporting import Heartbeat, Reporter
-from .runtime import prepare_model, resolve_device, to_device
+from .runtime import float32_precision, prepare_model, resolve_device, to_device
 from .stacked import evaluate_regression_tasks, stacks_tasks
 from .stats import CI_METHOD, mean_ci95
 
@@ -404,6 +404,7 @@ def evaluate(
     workers: int | str | None = 1,
     cuda_graphs: bool = True,
     stack_tasks: bool = True,
+    tf32: bool = False,
 ) -> EvalResult:
     """Evaluate a trained initialization on few-shot tasks of ``split``.
 
@@ -416,7 +417,8 @@ def evaluate(
     are ignored when predicting). ``workers``: processes that evaluate tasks side by side on
     the CPU (``"auto"``: one per usable core; ignored on a GPU); the result is the same.
     ``cuda_graphs``: on a GPU, replay each inner step from a CUDA graph. ``stack_tasks``: see
-    ``run_evaluation``.
+    ``run_evaluation``. ``tf32``: on an NVIDIA GPU, let convolutions and matrix products use
+    TF32 (``metatrain.runtime.float32_precision``; default IEEE float32, as on a CPU).
     """
     if split not in SPLITS:
         raise ConfigError("split", f"must be one of {', '.join(SPLITS)}; got {split!r}")
@@ -454,6 +456,7 @@ def evaluate(
     if stack_tasks and stacks_tasks(learner):
         count = 1  # no use for task workers
     with contextlib.ExitStack() as stack:
+        stack.enter_context(float32_precision(dev, tf32))
         pool = stack.enter_context(TaskPool(model, cfg, count)) if count > 1 else None
         return run_evaluation(
             learner,

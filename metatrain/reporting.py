@@ -110,7 +110,10 @@ class PrintReporter(Reporter):
         self._start_iteration = int(info.get("start_iteration", 0))
         self._t0 = time.monotonic()
         resumed = f", resuming at {self._start_iteration}" if self._start_iteration else ""
-        self._print(f"training {self._total} meta-iterations on {info.get('device')}{resumed}")
+        device = str(info.get("device"))
+        if device.startswith("cuda"):
+            device += ", TF32 allowed" if info.get("tf32") else ", IEEE float32"
+        self._print(f"training {self._total} meta-iterations on {device}{resumed}")
 
     def on_iteration(self, iteration: int, metrics: dict[str, float]) -> None:
         now = time.monotonic()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
-__all__ = ["resolve_device", "prepare_model", "to_device"]
+__all__ = ["resolve_device", "prepare_model", "to_device", "float32_precision"]
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -42,3 +45,30 @@ def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> tor
     if channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+@contextlib.contextmanager
+def float32_precision(device: torch.device, tf32: bool = False) -> Iterator[None]:
+    """Within the block, float32 convolutions and matrix products on an NVIDIA GPU run in IEEE
+    float32 (``tf32=False``) or may use TF32 tensor cores (``tf32=True``); the caller's setting
+    is restored afterwards. Does nothing on other devices.
+
+    PyTorch lets cuDNN convolutions use TF32 by default on Ampere and later GPUs: their inputs
+    keep 10 of float32's 23 mantissa bits. The paper's code trained in float32 (2018, before
+    TF32), and a run on a GPU should compute what the same run on a CPU computes, so IEEE is
+    the default. Only the per-operator settings (PyTorch's newer API) are touched: mixing them
+    with the older ``allow_tf32`` flags makes PyTorch refuse to read the latter.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    conv = torch.backends.cudnn.conv
+    matmul = torch.backends.cuda.matmul
+    saved = (conv.fp32_precision, matmul.fp32_precision)
+    wanted = "tf32" if tf32 else "ieee"
+    conv.fp32_precision = wanted
+    matmul.fp32_precision = wanted
+    try:
+        yield
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = saved

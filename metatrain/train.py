@@ -54,7 +54,7 @@ from .evaluate import EvalResult, run_evaluation, task_source
 from .models import build_model
 from .parallel import TaskPool, one_thread, resolve_workers, useful_workers
 from .reporting import Heartbeat, Reporter
-from .runtime import prepare_model, resolve_device, to_device
+from .runtime import float32_precision, prepare_model, resolve_device, to_device
 
 __all__ = ["TrainResult", "train", "CheckpointMismatchError"]
 
@@ -143,6 +143,7 @@ def train(
     workers: int | str | None = 1,
     cuda_graphs: bool = True,
     stack_tasks: bool = True,
+    tf32: bool = False,
 ) -> TrainResult:
     """Meta-train per ``config`` into ``out_dir`` (resuming if it holds a checkpoint).
 
@@ -153,6 +154,8 @@ def train(
     ``cuda_graphs``: on a GPU, replay each inner step from a CUDA graph (``metatrain.cuda_graphs``).
     ``stack_tasks``: a regression MLP with SGD (the sine preset) adapts a meta-batch's tasks,
     and its validation tasks, many at once (``metatrain.stacked``; the same up to rounding).
+    ``tf32``: on an NVIDIA GPU, let convolutions and matrix products use TF32 tensor cores
+    (``metatrain.runtime.float32_precision``); the default is IEEE float32, as on a CPU.
     """
     if not isinstance(config, Config):
         config = Config.from_dict(config)
@@ -260,6 +263,7 @@ def train(
                 "cuda_graphs": learner.graphs is not None,
                 "parallel_training_tasks": train_pool is not None,
                 "threaded_backward": threaded,
+                "tf32": tf32 and dev.type == "cuda",
                 "config": config.to_dict(),
             }
         )
@@ -269,6 +273,7 @@ def train(
         with (
             open(metrics_path, "a", encoding="utf-8") as metrics_file,
             one_thread() if threaded else contextlib.nullcontext(),
+            float32_precision(dev, tf32),
         ):
             while iteration < total:
                 if reporter.should_stop():

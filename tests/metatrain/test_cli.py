@@ -345,6 +345,7 @@ def test_evaluate_prints_one_json_object_with_the_result(sine_run):
     config = json.loads((sine_run / "config.json").read_text())
     assert doc["config_hash"] == config["config_hash"]
     assert doc["run_dir"] == str(sine_run.resolve())
+    assert "tf32" not in doc  # a CPU computes in IEEE float32 whatever was asked
     assert "3/3 tasks" in err  # progress on stderr only
 
 
@@ -440,6 +441,15 @@ def test_threads_sets_torch_intra_op_threads_for_train_and_evaluate():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_tf32_is_an_opt_in_of_train_and_evaluate():
+    parser = cli.build_parser()
+    for command in (["train", "--preset", "sine", "--out", "x"], ["evaluate", "x"]):
+        assert parser.parse_args(command).tf32 is False
+        assert parser.parse_args([*command, "--tf32"]).tf32 is True
+    code, out, err = run("bench", "--tf32")  # both sides of the bench stay in IEEE float32
+    assert_usage_error(code, out, err, "--tf32")
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "two", "1.5"])

@@ -25,14 +25,23 @@ def _flags() -> tuple[str, str]:
     return torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
 
 
+def _set_flags(conv: str, matmul: str) -> None:
+    torch.backends.cudnn.conv.fp32_precision = conv
+    torch.backends.cuda.matmul.fp32_precision = matmul
+
+
 @pytest.fixture
-def tf32_by_default():
-    """PyTorch's own defaults on a GPU: TF32 convolutions; put back whatever was set before."""
+def restore_flags():
+    """Put back whatever precision flags were set before the test."""
     saved = _flags()
-    torch.backends.cudnn.conv.fp32_precision = "tf32"
-    torch.backends.cuda.matmul.fp32_precision = "tf32"
     yield
-    torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = saved
+    _set_flags(*saved)
+
+
+@pytest.fixture
+def tf32_by_default(restore_flags):
+    """PyTorch's own defaults on a GPU: TF32 convolutions."""
+    _set_flags("tf32", "tf32")
 
 
 def test_a_gpu_block_computes_in_ieee_float32_and_restores_the_callers_setting(tf32_by_default):
@@ -41,15 +50,11 @@ def test_a_gpu_block_computes_in_ieee_float32_and_restores_the_callers_setting(t
     assert _flags() == ("tf32", "tf32")
 
 
-def test_tf32_is_used_on_a_gpu_only_when_asked_for():
-    saved = _flags()
+def test_tf32_is_used_on_a_gpu_only_when_asked_for(restore_flags):
     torch.backends.cudnn.conv.fp32_precision = "ieee"
-    try:
-        with float32_precision(CUDA, tf32=True):
-            assert _flags() == ("tf32", "tf32")
-        assert torch.backends.cudnn.conv.fp32_precision == "ieee"
-    finally:
-        torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = saved
+    with float32_precision(CUDA, tf32=True):
+        assert _flags() == ("tf32", "tf32")
+    assert torch.backends.cudnn.conv.fp32_precision == "ieee"
 
 
 def test_the_callers_setting_comes_back_after_an_error(tf32_by_default):

@@ -45,7 +45,7 @@ from .cuda_graphs import GraphedSteps, graphs_supported
 from .data import batch_order, batches_in_order
 from .flat_adam import FlatAdam, torch_step
 from .stacked import stacks_tasks, train_regression_tasks
-from .threaded_backward import Pending, ThreadedBackward, Update
+from .threaded_backward import Pending, ThreadedBackward, Update, summed_cross_entropy
 
 __all__ = [
     "ADAM_EPS",
@@ -158,7 +158,9 @@ class Learner:
         that has a second core to itself, and on one torch thread: a second intra-op thread
         would spin beside the helper. Returns whether the helper runs."""
         if self.threaded is None and ThreadedBackward.supports(self.model):
-            self.threaded = ThreadedBackward(self.model, self.params, self.loss)
+            # The classification loss by name, so the helper can run its linear head by hand.
+            loss = summed_cross_entropy if self.classification else self.loss
+            self.threaded = ThreadedBackward(self.model, self.params, loss)
         return self.threaded is not None
 
     def gradients_later(
@@ -199,7 +201,7 @@ class Learner:
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The loss the inner optimizer minimises (see the module docstring)."""
         if self.classification:
-            return F.cross_entropy(out, y, reduction="sum")
+            return summed_cross_entropy(out, y)
         return F.mse_loss(out, y)
 
     def step(

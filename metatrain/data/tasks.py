@@ -144,10 +144,16 @@ def batch_order(
 def batches_in_order(
     x: torch.Tensor, y: torch.Tensor, order: np.ndarray
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The mini-batches of (x, y) whose indices ``batch_order`` drew, one per row of ``order``."""
-    order_t = torch.from_numpy(np.asarray(order, dtype=np.int64)).to(x.device)
-    order_y = order_t if y.device == x.device else order_t.to(y.device)
-    return ((x[order_t[b]], y[order_y[b]]) for b in range(order_t.shape[0]))
+    """The mini-batches of (x, y) whose indices ``batch_order`` drew, one per row of ``order``.
+
+    All rows are gathered at once and each batch is a slice of that (a view, laid out as ``x``
+    is, channels_last included): one indexing operation per task instead of one per step."""
+    order = np.asarray(order, dtype=np.int64)
+    rows, size = order.shape
+    flat = torch.from_numpy(order.reshape(-1)).to(x.device)
+    xs = x[flat]
+    ys = y[flat if y.device == x.device else flat.to(y.device)]
+    return ((xs[b * size : (b + 1) * size], ys[b * size : (b + 1) * size]) for b in range(rows))
 
 
 def mini_batches(

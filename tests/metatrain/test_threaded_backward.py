@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import subprocess
 import sys
@@ -15,11 +16,15 @@ from torch import nn
 
 from metatrain import preset
 from metatrain.models import build_model
-from metatrain.threaded_backward import ThreadedBackward
+from metatrain.threaded_backward import ThreadedBackward, summed_cross_entropy
 from tests.metatrain.synthetic import tiny_config
 
+# The learner's own loss: with it a Flatten-Linear head runs without autograd.
+_summed_cross_entropy = summed_cross_entropy
 
-def _summed_cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+
+def _any_other_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The same numbers, but not the function the hand-written head is for."""
     return F.cross_entropy(out, y, reduction="sum")
 
 
@@ -83,6 +88,56 @@ def test_loss_output_and_every_gradient_are_autograds_to_the_bit(
         for g, e, p in zip(grads, expected, params, strict=True):
             assert g.shape == p.shape and g.stride() == e.stride()
             assert torch.equal(g, e)
+
+
+@pytest.mark.parametrize("name", ["omniglot-5way-1shot", "miniimagenet-5way-1shot", "tiny"])
+@pytest.mark.parametrize("loss", [summed_cross_entropy, _any_other_loss], ids=["hand", "autograd"])
+def test_both_heads_give_autograds_bits_now_and_later(name, loss):
+    model, x, y = _net_and_batch(name, 6, True)
+    step = ThreadedBackward(model, list(model.parameters()), loss)
+    try:
+        assert (step._linear_head is not None) == (loss is summed_cross_entropy)
+        out, value, grads = step(x, y)
+        assert torch.equal(out, model(x).detach())
+        assert torch.equal(value, _summed_cross_entropy(model(x), y))
+        _assert_autograds(grads, model, x, y)
+        # ``later``: the same at other weights, on the helper.
+        weights = _other_weights(model, seed=3)
+        out_later, value_later, grads_later = step.later(x, y, weights).result()
+        other = copy.deepcopy(model)
+        with torch.no_grad():
+            for p, w in zip(other.parameters(), weights, strict=True):
+                p.copy_(w)
+        assert torch.equal(out_later, other(x).detach())
+        assert torch.equal(value_later, _summed_cross_entropy(other(x), y))
+        for g, e in zip(grads_later, _autograd_grads(other, x, y), strict=True):
+            assert g.stride() == e.stride() and torch.equal(g, e)
+    finally:
+        step.close()
+
+
+def _autograd_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+    return torch.autograd.grad(_summed_cross_entropy(model(x), y), list(model.parameters()))
+
+
+@pytest.mark.parametrize(
+    ("head", "by_hand"),
+    [
+        ([nn.Flatten(), nn.Linear(4 * 6 * 6, 3)], True),
+        ([nn.Flatten(), nn.Linear(4 * 6 * 6, 3, bias=False)], False),
+        ([nn.Flatten(), nn.Linear(4 * 6 * 6, 3), nn.Identity()], False),
+        ([nn.Flatten(start_dim=0), nn.Linear(6 * 4 * 6 * 6, 3)], False),
+    ],
+    ids=["flatten-linear", "no-bias", "more-layers", "other-flatten"],
+)
+def test_only_a_flatten_linear_head_runs_by_hand(head, by_hand):
+    trunk = _conv_block()[:3]
+    model = nn.Sequential(*trunk, *head)
+    step = ThreadedBackward(model, list(model.parameters()), summed_cross_entropy)
+    try:
+        assert (step._linear_head is not None) == by_hand
+    finally:
+        step.close()
 
 
 def test_the_gradients_follow_the_order_of_the_params_given(threaded):

@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from metatrain.data import ClassDataset, Task, TaskSampler, TensorClassDataset, mini_batches
+from metatrain.data import (
+    ClassDataset,
+    Task,
+    TaskSampler,
+    TensorClassDataset,
+    batches_in_order,
+    mini_batches,
+)
 from metatrain.data.omniglot import omniglot_splits
 
 
@@ -219,6 +226,19 @@ def test_mini_batches_with_replacement_draw_distinct_examples_per_batch():
     x, y = torch.arange(6).float(), torch.arange(6)
     batches = list(mini_batches(x, y, 4, 50, np.random.default_rng(0), replacement=True))
     assert len(batches) == 50 and all(len(set(by.tolist())) == 4 for _, by in batches)
+
+
+def test_batches_in_order_follow_the_rows_and_keep_channels_last():
+    x = torch.randn(12, 3, 4, 4).contiguous(memory_format=torch.channels_last)
+    y = torch.arange(12)
+    order = np.array([[3, 1, 4], [1, 5, 9], [2, 6, 5]])
+    batches = list(batches_in_order(x, y, order))
+    assert len(batches) == 3
+    for (bx, by), row in zip(batches, order, strict=True):
+        index = torch.from_numpy(row)
+        assert torch.equal(bx, x[index]) and torch.equal(by, y[index])
+        assert bx.is_contiguous(memory_format=torch.channels_last)
+    assert list(batches_in_order(x, y, np.empty((0, 3), dtype=np.int64))) == []
 
 
 def test_mini_batches_check_their_arguments_eagerly():

@@ -314,9 +314,7 @@ def _image_tasks(config: Config, count: int, seed: int) -> list[tuple[torch.Tens
 @pytest.mark.parametrize(
     ("algorithm", "inner_iters"), [("reptile", 3), ("fomaml", 3), ("fomaml", 1)]
 )
-def test_first_steps_computed_on_the_helper_give_the_one_thread_numbers(
-    algorithm, inner_iters, monkeypatch
-):
+def test_manual_and_threaded_steps_give_autograds_numbers(algorithm, inner_iters, monkeypatch):
     # Each task of a meta-batch starts from theta, so the helper thread computes the first
     # step's gradients of tasks 2..n ahead, chained Adam or not: the same bits as one thread.
     from metatrain.config import preset
@@ -336,21 +334,32 @@ def test_first_steps_computed_on_the_helper_give_the_one_thread_numbers(
 
     monkeypatch.setattr(ThreadedBackward, "later", counting_later)
     results = []
-    for threaded in (False, True):
+    # Autograd's own steps, the kernels called by hand on one thread, and on two threads.
+    for mode in ("autograd", "manual", "threaded"):
         model = build_model(config, generator=torch.Generator().manual_seed(1))
         model.to(memory_format=torch.channels_last)
         learner = Learner.from_config(model, config)
-        assert learner.use_threaded_backward() if threaded else learner.threaded is None
+        assert learner.manual is not None
+        if mode == "autograd":
+            learner.manual = None
+        assert learner.use_threaded_backward() if mode == "threaded" else learner.threaded is None
         algo = make_algorithm(learner, config)
         sample, rng = _sampler(tasks), np.random.default_rng(5)
         try:
             metrics = [algo.step(sample, 0.5, rng) for _ in range(3)]
         finally:
             learner.close()
-        results.append(([p.detach().clone() for p in learner.params], metrics))
-    (one, one_metrics), (two, two_metrics) = results
-    assert all(torch.equal(a, b) for a, b in zip(one, two, strict=True))
-    assert one_metrics == two_metrics
+        state = learner.optimizer.state_dict()["state"]
+        results.append(([p.detach().clone() for p in learner.params], metrics, state))
+    (auto, auto_metrics, auto_state), *others = results
+    for weights, metrics, state in others:
+        assert all(torch.equal(a, b) for a, b in zip(auto, weights, strict=True))
+        assert metrics == auto_metrics
+        for i, moments in auto_state.items():
+            assert all(
+                torch.equal(torch.as_tensor(v), torch.as_tensor(state[i][k]))
+                for k, v in moments.items()
+            )
     first_batch = config.inner_batch if inner_iters > 1 else config.ways * 2  # FOMAML's tail
     assert later_calls == [first_batch] * (3 * (config.meta_batch - 1))
 

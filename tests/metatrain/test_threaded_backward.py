@@ -16,7 +16,7 @@ from torch import nn
 
 from metatrain import preset
 from metatrain.models import build_model
-from metatrain.threaded_backward import ThreadedBackward, summed_cross_entropy
+from metatrain.threaded_backward import ManualBackward, ThreadedBackward, summed_cross_entropy
 from tests.metatrain.synthetic import tiny_config
 
 # The learner's own loss: with it a Flatten-Linear head runs without autograd.
@@ -88,6 +88,21 @@ def test_loss_output_and_every_gradient_are_autograds_to_the_bit(
         for g, e, p in zip(grads, expected, params, strict=True):
             assert g.shape == p.shape and g.stride() == e.stride()
             assert torch.equal(g, e)
+
+
+@pytest.mark.parametrize("name", ["omniglot-5way-1shot", "miniimagenet-5way-1shot", "tiny"])
+@pytest.mark.parametrize("loss", [summed_cross_entropy, _any_other_loss], ids=["hand", "autograd"])
+def test_one_thread_gives_autograds_bits_with_either_head(name, loss):
+    model, x, y = _net_and_batch(name, 6, True)
+    step = ManualBackward(model, list(model.parameters()), loss)
+    assert (step._linear_head is not None) == (loss is summed_cross_entropy)
+    for _ in range(2):
+        out, value, grads = step(x, y)
+        assert torch.equal(out, model(x).detach()) and not out.requires_grad
+        assert torch.equal(value, _summed_cross_entropy(model(x), y))
+        for g, e in zip(grads, _autograd_grads(model, x, y), strict=True):
+            assert g.stride() == e.stride() and torch.equal(g, e)
+    assert not hasattr(step, "_thread")  # no helper thread
 
 
 @pytest.mark.parametrize("name", ["omniglot-5way-1shot", "miniimagenet-5way-1shot", "tiny"])

@@ -157,7 +157,7 @@ class Learner:
         )
         # Started by ``use_threaded_backward`` where a second core is the run's to use.
         self.threaded: ThreadedBackward | None = None
-        # Otherwise a CPU conv net's steps still skip autograd's graph (the same bits, ~10%
+        # Otherwise a CPU conv net's steps still skip autograd's graph (the same bits, ~12%
         # faster per step on one thread); anything else is differentiated by autograd.
         self.manual = (
             ManualBackward(model, self.params, self._step_loss())

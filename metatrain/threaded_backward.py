@@ -6,20 +6,20 @@ Why by hand at all: autograd's graph, engine and the modules' calls cost more th
 head's kernels. Measured on one Omniglot step (forward and backward, batch 10, one thread, 2-core
 Zen 5 VM, torch 2.13, medians of 8 alternating rounds): autograd 2.01 ms, by hand 1.77 ms; in
 the step, the ``Flatten``-``Linear`` head with the summed cross-entropy took 120-140 us under
-autograd and takes 57 us by hand. ReLU runs in place and the
-trunk's operations go through torch's own bindings (``torch.convolution``), a few microseconds
-cheaper per call than ``torch.ops.aten``'s boxed path; the same kernels.
+autograd and takes 57 us by hand. ReLU runs in place and the trunk's operations go through
+torch's own bindings (``torch.convolution``), a few microseconds cheaper per call than
+``torch.ops.aten``'s boxed path; the same kernels.
 
 Why two threads: under the paper's chained Adam a meta-batch's tasks are a strict sequence
 (each task's steps need the moments the previous task left), so task workers cannot help and
-only a faster single step can. Two intra-op threads barely help on batches of 10 images. But a convolution's
-backward pass is two independent products: the gradient for its input, which the next layer
-down waits for, and the gradients for its weights and bias, which nothing in the step waits
-for. Measured on one Omniglot inner step (batch 10, one torch thread per thread, 2-core EPYC
-VM): autograd's forward and backward 1.61-1.70 ms; the same on two intra-op threads 1.33 ms;
-here, with the weight gradients on a helper thread, 1.16-1.35 ms (the head under autograd and
-the hand-offs cost the upper end). Measured and not done: TorchScript ``fork`` instead of a
-Python thread (1.32 vs 1.33 ms).
+only a faster single step can. Two intra-op threads barely help on batches of 10 images.
+But a convolution's backward pass is two independent products: the gradient for its input,
+which the next layer down waits for, and the gradients for its weights and bias, which
+nothing in the step waits for. Measured on one Omniglot inner step (batch 10, one torch
+thread per thread, 2-core EPYC VM): autograd's forward and backward 1.61-1.70 ms; the same
+on two intra-op threads 1.33 ms; here, with the weight gradients on a helper thread,
+1.16-1.35 ms (the head under autograd and the hand-offs cost the upper end). Measured and not
+done: TorchScript ``fork`` instead of a Python thread (1.32 vs 1.33 ms).
 
 Two more uses of the helper's idle time (it waits through the calling thread's forward pass):
 
@@ -41,9 +41,10 @@ alternating rounds in one process, medians): 50.4 ms per meta-iteration without 
 
 How: the calling thread runs the convolutional trunk forward with the same aten operations
 (and arguments) that autograd records for it, and the network's head (``Flatten``, ``Linear``,
-the loss) by hand as above, or under autograd if it is anything else. Backward, it carries the gradient down through ReLU, max-pool and
-batch norm and each convolution's input gradient, handing each convolution's weight and bias
-gradients to the helper as soon as their output gradient is known. The first convolution has
+the loss) by hand as above, or under autograd if it is anything else. Backward, it carries
+the gradient down through ReLU, max-pool and batch norm and each convolution's input
+gradient, handing each convolution's weight and bias gradients to the helper as soon as their
+output gradient is known. The first convolution has
 no input gradient to compute, so the calling thread does its weights while the helper finishes.
 Every gradient comes from the very kernel call autograd would make, hence the same bits
 (tested against ``torch.autograd.grad`` for the Omniglot and Mini-ImageNet nets).
@@ -344,7 +345,6 @@ class ManualBackward:
             )
             for b in self.blocks
         ]
-        self._spare_head = copy.deepcopy(self.head)  # for ``later``'s jobs, on the helper
         # (weight slot, bias slot) where the head and loss are ``_linear_cross_entropy``'s.
         self._linear_head = _linear_head(self.head, slot) if loss is summed_cross_entropy else None
         self._unsettled = False  # (ThreadedBackward) updates still running on the helper
@@ -354,13 +354,8 @@ class ManualBackward:
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """(output, loss, gradients in ``params`` order); output and loss are detached."""
         grads: list[torch.Tensor | None] = [None] * self._count
-        steps = self._gradients(x, y, self._params, grads, hand_off=False, update=None)
         with torch.no_grad():
-            try:
-                while True:
-                    next(steps)
-            except StopIteration as stop:
-                out, loss = stop.value
+            out, loss = _run(self._gradients(x, y, self._params, grads, False, None))
         return out, loss, grads  # type: ignore[return-value]
 
     def _gradients(
@@ -461,7 +456,8 @@ class ManualBackward:
         grads: list[torch.Tensor | None],
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(output, loss, gradient for ``h``) of any head and loss, by autograd; the head's
-        weight gradients into ``grads``."""
+        weight gradients into ``grads``. Other ``weights`` than the params come only from
+        ``ThreadedBackward.later``, whose object holds the spare head."""
         features = h.detach().requires_grad_(True)
         head_weights = [weights[s] for _, s in self._head_slots]
         with torch.enable_grad():
@@ -505,6 +501,7 @@ class ThreadedBackward(ManualBackward):
 
     def __init__(self, model: nn.Module, params: Sequence[torch.Tensor], loss: Loss) -> None:
         super().__init__(model, params, loss)
+        self._spare_head = copy.deepcopy(self.head)  # for ``later``'s jobs, on the helper
         # For ``update``: the first block's params, and all the others, as two ranges of
         # ``params``; None where they are not (the model's own order has them so).
         first = {s for s in self._block_slots[0] if s is not None}
@@ -565,10 +562,7 @@ class ThreadedBackward(ManualBackward):
         finished = False
         try:
             with torch.no_grad():
-                while True:
-                    next(steps)
-        except StopIteration as stop:
-            out, loss = stop.value
+                out, loss = _run(steps)
             finished = True
         finally:
             if not finished or update is None:
@@ -644,6 +638,17 @@ def _linear_head(head: nn.Sequential, slot: dict[int, int]) -> tuple[int, int] |
     ):
         return None
     return slot[id(linear.weight)], slot[id(linear.bias)]
+
+
+def _run(
+    steps: Generator[None, None, tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``_gradients``'s blocks one after another, here; its (output, loss)."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
 
 
 def _range(slots: list[int]) -> tuple[int, int] | None:

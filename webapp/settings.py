@@ -198,8 +198,35 @@ STATICFILES_FINDERS = [
 STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
 MEDIA_URL = "media/"
 MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(BASE_DIR / "var" / "media")))
+# Every file a run or a user needs on another host (checkpoints, initializations, configs,
+# uploaded datasets) goes through the default storage: the local MEDIA_ROOT for one machine,
+# an S3-compatible object store (MinIO, AWS, ...) when workers run on several hosts.
+STORAGE_BACKEND = env_str("STORAGE_BACKEND", "local").strip().lower()
+if STORAGE_BACKEND == "local":
+    _DEFAULT_STORAGE: dict = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
+elif STORAGE_BACKEND == "s3":
+    AWS_STORAGE_BUCKET_NAME = env_str("AWS_STORAGE_BUCKET_NAME")
+    if not AWS_STORAGE_BUCKET_NAME:
+        raise ImproperlyConfigured("STORAGE_BACKEND=s3 needs AWS_STORAGE_BUCKET_NAME")
+    AWS_S3_ENDPOINT_URL = env_str("AWS_S3_ENDPOINT_URL") or None  # None: AWS itself
+    AWS_ACCESS_KEY_ID = env_str("AWS_ACCESS_KEY_ID") or None
+    AWS_SECRET_ACCESS_KEY = env_str("AWS_SECRET_ACCESS_KEY") or None
+    AWS_S3_REGION_NAME = env_str("AWS_S3_REGION_NAME") or None
+    # MinIO and most S3-compatible servers want path-style URLs and SigV4.
+    AWS_S3_ADDRESSING_STYLE = env_str("AWS_S3_ADDRESSING_STYLE", "path")
+    AWS_S3_SIGNATURE_VERSION = "s3v4"
+    AWS_DEFAULT_ACL = None  # objects stay private: downloads go through the web host
+    AWS_S3_FILE_OVERWRITE = True  # names are chosen by the application, never by users
+    AWS_QUERYSTRING_EXPIRE = env_int("AWS_QUERYSTRING_EXPIRE", 300)
+    _DEFAULT_STORAGE = {"BACKEND": "storages.backends.s3.S3Storage"}
+else:
+    raise ImproperlyConfigured(f"STORAGE_BACKEND={STORAGE_BACKEND!r}: expected 'local' or 's3'")
+# Downloads: streamed through the web host (default), or a redirect to a short-lived presigned
+# URL of the object store when browsers can reach it (AWS_S3_ENDPOINT_URL must then be an
+# address users can resolve).
+STORAGE_REDIRECT_DOWNLOADS = env_bool("STORAGE_REDIRECT_DOWNLOADS", False)
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "default": _DEFAULT_STORAGE,
     "staticfiles": {
         "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
         if not DEBUG
@@ -211,9 +238,13 @@ WHITENOISE_USE_FINDERS = DEBUG
 WHITENOISE_AUTOREFRESH = DEBUG
 if DEBUG:
     STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns on a missing root
-# Where a worker keeps a run's working files (checkpoints) between attempts. Shared by all
-# workers that may resume a run (a volume in docker-compose).
+# A worker host's scratch folder for the runs it trains (the checkpoint being written, the
+# metrics log): one folder per attempt, removed when the attempt ends. Never shared between
+# hosts: a run resumes on any host from the checkpoint uploaded to the storage above.
 RUNS_ROOT = Path(env_str("RUNS_ROOT", str(BASE_DIR / "var" / "runs")))
+# A worker host's cache of uploaded datasets, one folder per archive's content hash, fetched
+# from the storage the first time a run on this host needs it.
+DATASET_CACHE_ROOT = Path(env_str("DATASET_CACHE_ROOT", str(BASE_DIR / "var" / "dataset-cache")))
 
 # ------------------------------------------------------------------------------------------
 # Training data
@@ -278,6 +309,20 @@ RUN_MAX_ATTEMPTS = env_int("RUN_MAX_ATTEMPTS", 3)
 # Longer than a message may wait for a free worker is not needed: a duplicate is harmless (a
 # worker must win the claim), it only costs a wasted delivery.
 RUN_REDISPATCH_AFTER_SECONDS = env_int("RUN_REDISPATCH_AFTER_SECONDS", 10 * 60)
+# The heartbeat means progress: the training loop stamps it as iterations and evaluation tasks
+# advance. Only where the library really works without reporting (loading a dataset, building
+# the model, before the first iteration) does a thread stamp it, for at most this long.
+RUN_SILENT_PHASE_SECONDS = env_int("RUN_SILENT_PHASE_SECONDS", 30 * 60)
+# A worker process still busy with a run this long after the run was declared lost is stuck
+# (a hung kernel, a stopped task worker): its worker kills it, and Celery starts a fresh one.
+RUN_RECYCLE_GRACE_SECONDS = env_int("RUN_RECYCLE_GRACE_SECONDS", 60)
+# Resends of a run that stays unclaimed wait longer each time (RUN_REDISPATCH_AFTER_SECONDS,
+# doubled per resend, at most this long); a run whose queue no live worker serves is not
+# resent at all until one appears.
+RUN_REDISPATCH_MAX_SECONDS = env_int("RUN_REDISPATCH_MAX_SECONDS", 6 * 3600)
+# A GPU worker holding several runs (run_worker --runs-per-gpu K) takes one more only while the
+# GPU has at least this much free memory; otherwise the run goes back to the queue.
+WORKER_GPU_MEMORY_MARGIN_MB = env_int("WORKER_GPU_MEMORY_MARGIN_MB", 2048)
 # torch intra-op threads of a CPU training process (0: torch's default). Run one worker
 # process per core instead: on this network's small batches threads scale poorly.
 WORKER_TORCH_THREADS = env_int("WORKER_TORCH_THREADS", 1)

@@ -84,8 +84,18 @@ class UserDataset(models.Model):
     )
     uncompressed_bytes = models.BigIntegerField(default=0)
     folder = models.CharField(
-        max_length=255, blank=True, help_text="the extracted folder, relative to DATASETS_ROOT"
+        max_length=255,
+        blank=True,
+        help_text="legacy: the extracted folder, relative to DATASETS_ROOT (datasets made before "
+        "archives were kept in storage)",
     )
+    # The validated dataset as one archive in storage, named by its content: every worker host
+    # fetches it once into its own cache (DATASET_CACHE_ROOT/<content_hash>/).
+    archive = models.FileField(upload_to="datasets/", blank=True, max_length=255)
+    content_hash = models.CharField(
+        max_length=64, blank=True, db_index=True, help_text="sha256 of the stored archive"
+    )
+    archive_bytes = models.BigIntegerField(default=0)
 
     # Supervision (as for runs: the row is the outbox, the worker's claim is a conditional UPDATE).
     attempts = models.IntegerField(default=0)

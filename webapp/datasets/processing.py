@@ -7,6 +7,10 @@ it; the outcome is written with another conditional UPDATE, so a dataset deleted
 another attempt) meanwhile is left alone and the folder this attempt made is removed. Whatever
 happens, no temporary folder and no half-extracted dataset is left: `safe_extract` moves the
 folder into place only once everything is valid.
+
+A valid folder is packed into one archive named by its content hash and stored (the storage
+every host shares, see `archive`); the folder itself joins this host's dataset cache, and any
+other worker host fetches the archive the first time a run there needs it.
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ from django.conf import settings
 from django.db.models import F
 from django.utils import timezone
 
-from . import services
+from . import archive, services
 from .extraction import DatasetRejected, ExtractionResult, safe_extract
-from .models import UserDataset, dataset_folder
+from .models import UserDataset
 from .validation import DatasetSummary, validate_dataset
 
 logger = logging.getLogger(__name__)
@@ -52,14 +56,14 @@ def process_dataset(dataset_id: int) -> str:
     dataset = UserDataset.objects.filter(pk=dataset_id).first()
     if dataset is None:
         return GONE
-    root = Path(settings.DATASETS_ROOT)
+    root = work_root()
     root.mkdir(parents=True, exist_ok=True)
-    dest = dataset_folder(dataset.pk)
+    dest = root / str(dataset.pk)
     _remove_leftovers(root, dataset.pk)
     try:
-        with local_archive(dataset, root) as archive:
+        with local_archive(dataset, root) as upload_zip:
             result = safe_extract(
-                archive,
+                upload_zip,
                 dest,
                 services.extraction_limits(),
                 split_seed=dataset.split_seed,
@@ -83,7 +87,32 @@ def process_dataset(dataset_id: int) -> str:
             f"The archive could not be processed because of a server error "
             f"({type(exc).__name__}); it was logged. Upload it again later, or ask staff.",
         )
-    return _ready(dataset, started, result)
+    try:
+        stored, content_hash, size = _store(dataset.pk, dest, root)
+    except Exception:
+        # Storage unreachable: not the user's fault, and the upload is still there. Leave the
+        # row validating; supervise_datasets retries it after the time limit.
+        logger.exception("dataset %s valid but could not be stored", dataset.pk)
+        shutil.rmtree(dest, ignore_errors=True)
+        return "store-failed"
+    cached = archive.adopt(dest, content_hash)
+    return _ready(dataset, started, result, stored, content_hash, size, cached)
+
+
+def work_root() -> Path:
+    """Where uploads are extracted and checked, beside this host's dataset cache."""
+    return Path(settings.DATASET_CACHE_ROOT) / ".work"
+
+
+def _store(pk: int, folder: Path, root: Path) -> tuple[str, str, int]:
+    """Pack the validated folder and upload it; returns (stored name, sha256, bytes)."""
+    packed = root / f".{pk}.pack-{uuid.uuid4().hex[:12]}.zip"
+    try:
+        content_hash = archive.pack(folder, packed)
+        size = packed.stat().st_size
+        return archive.store(pk, packed, content_hash), content_hash, size
+    finally:
+        packed.unlink(missing_ok=True)
 
 
 def _validate(root: Path, result: ExtractionResult) -> DatasetSummary:
@@ -96,7 +125,15 @@ def _validate(root: Path, result: ExtractionResult) -> DatasetSummary:
     )
 
 
-def _ready(dataset: UserDataset, started, result: ExtractionResult) -> str:
+def _ready(
+    dataset: UserDataset,
+    started,
+    result: ExtractionResult,
+    stored: str,
+    content_hash: str,
+    size: int,
+    cached: Path,
+) -> str:
     summary: DatasetSummary = result.check_result
     saved = _this_attempt(dataset, started).update(
         status=UserDataset.Status.READY,
@@ -109,13 +146,16 @@ def _ready(dataset: UserDataset, started, result: ExtractionResult) -> str:
         images=summary.images,
         min_class_images=summary.min_class_images,
         uncompressed_bytes=result.uncompressed_bytes,
-        folder=str(dataset.pk),
+        folder="",
+        archive=stored,
+        content_hash=content_hash,
+        archive_bytes=size,
         finished_at=timezone.now(),
         upload="",
     )
-    if not saved:  # deleted while we worked (or handed to another attempt): undo our folder
-        logger.info("dataset %s gone while it was processed; removing its folder", dataset.pk)
-        services.remove_folder(dataset_folder(dataset.pk))
+    if not saved:  # deleted while we worked (or handed to another attempt): undo our archive
+        logger.info("dataset %s gone while it was processed; removing its archive", dataset.pk)
+        services.delete_upload(stored)
         return GONE
     services.delete_upload(dataset.upload.name)
     logger.info("dataset %s ready: %s images", dataset.pk, summary.images)
@@ -144,15 +184,19 @@ def _this_attempt(dataset: UserDataset, started):
 
 def _remove_leftovers(root: Path, pk: int) -> None:
     """What an earlier attempt killed mid-way may have left: its temporary folder, its copy of
-    the upload, or a folder moved into place just before the worker died (the row never said
-    ready, so nothing uses it)."""
-    for leftover in [*root.glob(f".{pk}.tmp-*"), *root.glob(f".{pk}.upload-*")]:
+    the upload or its packed archive, or a folder moved into place just before the worker
+    died (the row never said ready, so nothing uses it)."""
+    leftovers = [
+        *root.glob(f".{pk}.tmp-*"),
+        *root.glob(f".{pk}.upload-*"),
+        *root.glob(f".{pk}.pack-*"),
+        root / str(pk),
+    ]
+    for leftover in leftovers:
         if leftover.is_dir():
             shutil.rmtree(leftover, ignore_errors=True)
         else:
             leftover.unlink(missing_ok=True)
-    if dataset_folder(pk).exists():
-        services.remove_folder(dataset_folder(pk))
 
 
 @contextlib.contextmanager

@@ -180,12 +180,12 @@ def dataset_data_dir(dataset: UserDataset) -> str:
 
 
 def runs_using(dataset: UserDataset):
-    """Queued, running or lost (to be resumed) runs whose config reads this dataset's folder."""
+    """Queued, running or lost (to be resumed) runs that train on this dataset."""
     from webapp.experiments.models import Run
 
     return Run.objects.filter(
         status__in=[Run.Status.QUEUED, Run.Status.RUNNING, Run.Status.LOST],
-        config__data_dir=str(dataset_folder(dataset.pk)),
+        experiment__user_dataset=dataset,
     )
 
 
@@ -217,15 +217,19 @@ def delete_dataset(dataset: UserDataset) -> None:
         raise DatasetError(_used_by_message(used))
     folder = dataset_folder(dataset.pk)
     upload = dataset.upload.name
+    stored = dataset.archive.name
     try:
         dataset.delete()
     except ProtectedError as err:  # an experiment made after the count above
         raise DatasetError(_used_by_message(len(err.protected_objects))) from None
 
     def _remove_files() -> None:
+        # The archive in storage and a legacy folder go; hosts' cache folders are named by
+        # content, which another dataset may share, and are left to the cache's owner.
         remove_folder(folder)
-        if upload:
-            delete_upload(upload)
+        for name in (upload, stored):
+            if name:
+                delete_upload(name)
 
     transaction.on_commit(_remove_files)
 

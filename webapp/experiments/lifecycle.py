@@ -40,11 +40,12 @@ OUTCOME_RELEASED = "released"
 OUTCOME_LOST = "lost"
 
 
-def claim_run(run_id: int, *, worker: str, device: str) -> Run | None:
+def claim_run(run_id: int, *, worker: str, device: str, pid: int | None = None) -> Run | None:
     """Move a queued run to running for this worker; None if another worker won it, it was
     cancelled, or it is gone.
 
-    Increments `attempts` (the fencing token for all later writes) and opens a RunAttempt.
+    Increments `attempts` (the fencing token for all later writes) and opens a RunAttempt that
+    records the worker process (`pid`) training it.
     """
     now = timezone.now()
     with transaction.atomic():
@@ -69,6 +70,7 @@ def claim_run(run_id: int, *, worker: str, device: str) -> Run | None:
             worker=worker,
             device=device,
             start_iteration=run.checkpoint_iteration,
+            pid=pid,
         )
     logger.info("run %s claimed by %s (attempt %s)", run_id, worker, run.attempts)
     return run
@@ -143,6 +145,7 @@ def release_run(run: Run, attempt: int, reason: str = "worker shut down") -> boo
                 status_reason=reason,
                 worker="",
                 dispatched_at=None,
+                dispatch_count=0,
                 heartbeat_at=now,
             )
         )
@@ -166,6 +169,8 @@ def mark_stale_runs_lost(now: datetime | None = None) -> list[int]:
 
     Each UPDATE repeats the staleness test, so a heartbeat written in between wins.
     """
+    from .models import Worker
+
     now = now or timezone.now()
     limit = settings.RUN_LOST_AFTER_SECONDS
     lost = []
@@ -181,10 +186,16 @@ def mark_stale_runs_lost(now: datetime | None = None) -> list[int]:
     ):
         last = run.heartbeat_at or run.started_at
         age = (now - last).total_seconds()
+        # The heartbeat means progress: a worker that still reports itself alive but whose
+        # run stopped advancing is stuck (a hung kernel, a stopped task worker), not gone.
+        worker_alive = Worker.objects.filter(
+            hostname=run.worker, last_seen__gte=now - timedelta(seconds=limit)
+        ).exists()
+        what = "stalled: no progress" if worker_alive else "no heartbeat"
         reason = (
-            f"no heartbeat for {age:.0f} s (limit {limit} s) from worker "
-            f"{run.worker or '?'} at iteration {run.iteration}; "
-            f"resumes from its last checkpoint (recorded at iteration {run.checkpoint_iteration})"
+            f"{what} for {age:.0f} s (limit {limit} s) from worker {run.worker or '?'} at "
+            f"iteration {run.iteration}; its last checkpoint is at iteration "
+            f"{run.checkpoint_iteration}"
         )
         with transaction.atomic():
             changed = (
@@ -230,7 +241,9 @@ def requeue_lost_runs() -> dict[str, list[int]]:
                 status=Run.Status.FAILED,
                 finished_at=now,
                 status_reason=(
-                    f"lost {count} times (RUN_MAX_ATTEMPTS={limit}); last: {lost_reason}"
+                    f"failed: lost {count} times, the most RUN_MAX_ATTEMPTS={limit} allows, so "
+                    f"it is not resumed again (its checkpoint at iteration "
+                    f"{run.checkpoint_iteration} is kept). Last loss: {lost_reason}"
                 ),
             )
             key = "failed"
@@ -239,7 +252,11 @@ def requeue_lost_runs() -> dict[str, list[int]]:
                 status=Run.Status.QUEUED,
                 worker="",
                 dispatched_at=None,
-                status_reason=f"requeued after loss {count} of {limit}: {lost_reason}",
+                dispatch_count=0,
+                status_reason=(
+                    f"requeued after loss {count} of {limit}; resumes from its checkpoint at "
+                    f"iteration {run.checkpoint_iteration}. Lost: {lost_reason}"
+                ),
             )
             key = "queued"
         if changed == 1:
@@ -254,3 +271,24 @@ def supervise(now: datetime | None = None) -> dict[str, list[int]]:
     result = requeue_lost_runs()
     result["lost"] = lost
     return result
+
+
+def process_done(run: Run, attempt: int) -> None:
+    """The worker process returned from this attempt (whatever its outcome): it is no longer
+    stuck in it, so its worker must not recycle it (see `workers.recycle_stuck_processes`)."""
+    RunAttempt.objects.filter(run_id=run.pk, number=attempt, process_done_at__isnull=True).update(
+        process_done_at=timezone.now()
+    )
+
+
+def drop_checkpoint(run: Run) -> None:
+    """A succeeded run resumes nowhere: forget its checkpoint and delete every stored file but
+    the initialization and config users download (strays of lost attempts included)."""
+    from . import run_files
+
+    row = Run.objects.filter(pk=run.pk, status=Run.Status.SUCCEEDED)
+    if not row.update(checkpoint_file=""):
+        return
+    run.refresh_from_db()
+    keep = [name for name in (run.initialization.name, run.config_file.name) if name]
+    transaction.on_commit(lambda: run_files.delete_run_files(run.pk, keep=keep))

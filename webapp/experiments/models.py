@@ -117,15 +117,25 @@ class Run(models.Model):
     dispatched_at = models.DateTimeField(
         null=True, blank=True, help_text="when a message for this run was last sent (outbox)"
     )
+    dispatch_count = models.IntegerField(
+        default=0, help_text="messages sent since the run was last queued (resends back off)"
+    )
 
     # Final test evaluation (the leaderboard's summary: never recomputed from points).
     test_accuracy = models.FloatField(null=True, blank=True)
     test_ci95 = models.FloatField(null=True, blank=True)
     test_tasks = models.IntegerField(null=True, blank=True)
 
-    # Artifacts, through the storage API.
-    initialization = models.FileField(upload_to="runs/", blank=True)
-    config_file = models.FileField(upload_to="runs/", blank=True)
+    # Files, through the storage API (names carry the attempt that wrote them, so a worker
+    # that lost the run can never replace the current ones).
+    initialization = models.FileField(upload_to="runs/", blank=True, max_length=255)
+    config_file = models.FileField(upload_to="runs/", blank=True, max_length=255)
+    checkpoint_file = models.FileField(
+        upload_to="runs/",
+        blank=True,
+        max_length=255,
+        help_text="the last checkpoint in storage (at checkpoint_iteration): where any host resumes",
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -167,6 +177,10 @@ class RunAttempt(models.Model):
     start_iteration = models.IntegerField(default=0)
     outcome = models.CharField(max_length=12, blank=True)
     reason = models.TextField(blank=True)
+    # The worker process that trains this attempt, and when it returned from it: a process
+    # still on an attempt that was declared lost is stuck and gets recycled by its worker.
+    pid = models.IntegerField(null=True, blank=True)
+    process_done_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["run", "number"]
@@ -191,9 +205,18 @@ class MetricPoint(models.Model):
 
 
 class Evaluation(models.Model):
-    """A few-shot evaluation of a run's weights (validation during training, or the final test)."""
+    """A few-shot evaluation of a run's weights (validation during training, or the final test).
+
+    Keyed like metric points by (run, kind, split, iteration): an attempt that resumes and
+    repeats a validation replaces the row instead of adding a second one.
+    """
+
+    class Kind(models.TextChoices):
+        VALIDATION = "validation", "Validation during training"
+        FINAL = "final", "Final test evaluation"
 
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="evaluations")
+    kind = models.CharField(max_length=12, choices=Kind.choices, default=Kind.VALIDATION)
     split = models.CharField(max_length=16)
     iteration = models.IntegerField(default=0)
     accuracy = models.FloatField(null=True, blank=True)
@@ -209,26 +232,40 @@ class Evaluation(models.Model):
 
     class Meta:
         ordering = ["run", "iteration", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["run", "kind", "split", "iteration"], name="unique_evaluation"
+            )
+        ]
+
+    @classmethod
+    def fields_from_result(cls, result, *, extra: dict) -> dict:
+        """The columns of a metatrain EvalResult (all but the key)."""
+        return {
+            "accuracy": result.accuracy,
+            "ci95": result.ci95,
+            "tasks": result.tasks,
+            "ways": result.ways,
+            "shots": result.shots,
+            "queries": result.queries,
+            "transductive": bool(result.transductive),
+            "ci_method": result.ci_method or "",
+            "extra": extra,
+        }
 
     @classmethod
     def create_from_result(
-        cls, run: Run, result, *, iteration: int, split: str, extra: dict
+        cls, run: Run, result, *, iteration: int, split: str, extra: dict, kind: str = "validation"
     ) -> Evaluation:
-        """Store a metatrain EvalResult (validation during training or the final test)."""
-        return cls.objects.create(
+        """Store a metatrain EvalResult, replacing the row of the same key if there is one."""
+        evaluation, _ = cls.objects.update_or_create(
             run=run,
+            kind=kind,
             split=split,
             iteration=iteration,
-            accuracy=result.accuracy,
-            ci95=result.ci95,
-            tasks=result.tasks,
-            ways=result.ways,
-            shots=result.shots,
-            queries=result.queries,
-            transductive=bool(result.transductive),
-            ci_method=result.ci_method or "",
-            extra=extra,
+            defaults=cls.fields_from_result(result, extra=extra),
         )
+        return evaluation
 
 
 class Worker(models.Model):
@@ -237,6 +274,13 @@ class Worker(models.Model):
     hostname = models.CharField(max_length=255, unique=True)
     device = models.CharField(max_length=255, blank=True)
     queues = models.CharField(max_length=255, blank=True)
+    gpu_index = models.IntegerField(
+        null=True, blank=True, help_text="the GPU this worker is pinned to (run_worker --gpu)"
+    )
+    concurrency = models.IntegerField(default=1, help_text="runs it may hold at once")
+    # What the device looks like now, refreshed with last_seen: for a GPU, name, memory used
+    # and total, utilisation; for a CPU worker, cores and load.
+    stats = models.JSONField(default=dict, blank=True)
     current_run = models.ForeignKey(
         Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

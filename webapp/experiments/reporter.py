@@ -1,21 +1,33 @@
-"""DbReporter: how a training run in a worker reports to the database.
+"""DbReporter: how a training run in a worker reports to the database and the storage.
 
 The training loop calls the reporter after every meta-iteration and every evaluation task,
 hundreds of times a second for small models, so nothing here touches the database on every
 call:
 
-- metric points are buffered and written in batches (one INSERT ... ON CONFLICT UPDATE per
-  batch, keyed by (run, name, step), so a resumed attempt overwrites the steps it repeats);
+- metric points and evaluations are buffered and written in batches (upserts keyed by (run,
+  name, step) and (run, kind, split, iteration), so a resumed attempt overwrites the steps it
+  repeats instead of adding rows);
 - progress (iteration, total, seconds per iteration, heartbeat_at) is written at most every
-  RUN_HEARTBEAT_SECONDS, together with the buffered points;
+  RUN_HEARTBEAT_SECONDS, together with the buffers;
 - the cancel flag is read at most every `cancel_poll_seconds`; the worker's shutdown flag is a
   byte of shared memory, read on every poll.
 
-Every progress write is fenced by the attempt number (see `lifecycle`): when it matches no row,
-the run was declared lost and given to someone else, and `should_stop()` says stop.
+Fencing: every write is fenced by the attempt number (see `lifecycle`). Buffers are written in
+a transaction that first locks the run's row while this attempt holds it, so an attempt that
+was declared lost (a worker paused for minutes that wakes up) writes nothing at all, not even
+points; progress writes are conditional UPDATEs. When a fence matches no row, `should_stop()`
+says stop and `before_checkpoint()` refuses, so no checkpoint file is written either.
 
-A database outage does not kill a run: a failed write is logged, the points stay in the
-buffer, and the next write tries again (after reconnecting). If the outage outlasts
+Checkpoints go to the storage every host shares, under a name that carries the attempt and the
+iteration (`run_files.checkpoint_name`), and the run row is pointed at it by a fenced UPDATE:
+a woken attempt's upload replaces nothing and is never pointed to.
+
+The heartbeat means progress: it is stamped as iterations and evaluation tasks advance. Only
+before the library first reports progress (loading data, building the model) may `keep_alive`
+stamp it from a thread, for a bounded time.
+
+A database outage does not kill a run: writes stay buffered and are retried with exponential
+backoff (one warning when the outage starts, one when it ends). If the outage outlasts
 RUN_LOST_AFTER_SECONDS the supervisor declares the run lost and the fence stops this attempt.
 """
 
@@ -27,15 +39,16 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, connection
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from metatrain import Reporter
 
-from . import workers
+from . import run_files, workers
 from .lifecycle import held_by
 from .models import Evaluation, MetricPoint, Run, RunAttempt
 
@@ -53,6 +66,21 @@ STOP_DEADLINE = "deadline"
 _NOT_SERIES = frozenset({"seconds"})
 # Weight of the newest iteration in the seconds-per-iteration moving average.
 _EMA = 0.1
+# Fields of an evaluation result that are columns, not extras.
+_EVALUATION_COLUMNS = frozenset(
+    {"accuracy", "ci95", "tasks", "ways", "shots", "queries", "transductive", "split", "ci_method"}
+)
+_EVALUATION_FIELDS = [
+    "accuracy",
+    "ci95",
+    "tasks",
+    "ways",
+    "shots",
+    "queries",
+    "transductive",
+    "ci_method",
+    "extra",
+]
 
 
 class DbReporter(Reporter):
@@ -66,6 +94,7 @@ class DbReporter(Reporter):
         batch_size: buffered points that force a write before the heartbeat is due.
         time_limit_seconds: stop (reason "deadline") this long after the reporter was made.
         clock: monotonic seconds; tests pass a fake one instead of sleeping.
+        retry_seconds: (first, longest) wait between tries while the database is unreachable.
     """
 
     def __init__(
@@ -78,6 +107,7 @@ class DbReporter(Reporter):
         batch_size: int = 2000,
         time_limit_seconds: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        retry_seconds: tuple[float, float] = (0.5, 30.0),
     ) -> None:
         self.run = run
         self.attempt = attempt
@@ -88,15 +118,28 @@ class DbReporter(Reporter):
         self.batch_size = batch_size
         self.clock = clock
         self.deadline = None if time_limit_seconds is None else clock() + time_limit_seconds
+        self.retry_seconds = retry_seconds
 
         self.stop_reason: str | None = None
         self.iteration = run.iteration
         self.total_iterations = run.total_iterations
         self.seconds_per_iteration: float | None = run.seconds_per_iteration
+        # The stored checkpoint the run row points to (what this attempt started from, then
+        # what it recorded).
+        self.checkpoint_name: str = run.checkpoint_file.name or ""
         self._points: dict[tuple[str, int], float] = {}
+        self._evaluations: dict[tuple[str, str, int], dict[str, Any]] = {}
         self._last_write = -math.inf
         self._last_poll = -math.inf
         self._skipped_nonfinite = False
+        # Progress reports seen (iterations, evaluation tasks): what the heartbeat stands for.
+        self._progress = 0
+        # Database outage: when to try again, the current wait, when it began, what waited.
+        self._retry_at = -math.inf
+        self._retry_wait = 0.0
+        self._outage_since: float | None = None
+        self._deferred = 0
+        self._db_lock = threading.Lock()
 
     # -- the Reporter interface ---------------------------------------------------------------
     def on_start(self, info: dict[str, Any]) -> None:
@@ -105,17 +148,11 @@ class DbReporter(Reporter):
         start = int(info.get("start_iteration", 0))
         self.total_iterations = int(info.get("total_iterations", self.total_iterations))
         self.iteration = start
+        self._db(lambda: self._fenced(lambda: self._forget_after(start)))
         self.write_progress(checkpoint_iteration=start)
-        if self.stop_reason == STOP_LOST:
-            return  # someone else's run now: touch nothing
-        self._db(lambda: self._forget_after(start))
-        self._db(
-            lambda: RunAttempt.objects.filter(run=self.run, number=self.attempt).update(
-                start_iteration=start
-            )
-        )
 
     def on_iteration(self, iteration: int, metrics: dict[str, float]) -> None:
+        self._progress += 1
         self.iteration = iteration
         seconds = metrics.get("seconds")
         if seconds is not None and math.isfinite(seconds):
@@ -131,18 +168,16 @@ class DbReporter(Reporter):
         self.heartbeat()
 
     def on_validation(self, iteration: int, result: Any) -> None:
-        """An Evaluation row, and its numbers as points of the validation_* series."""
-        extra = {
-            k: v
-            for k, v in result.to_dict().items()
-            if k not in {"accuracy", "ci95", "tasks", "ways", "shots", "queries", "transductive"}
-            and k not in {"split", "ci_method"}
-        }
-        split = result.split or "validation"
-        self._db(
-            lambda: Evaluation.create_from_result(
-                self.run, result, iteration=iteration, split=split, extra=_json_safe(extra)
-            )
+        """An Evaluation row, and its numbers as points of the validation_* series (buffered
+        like points, written now)."""
+        self._progress += 1
+        extra = {k: v for k, v in result.to_dict().items() if k not in _EVALUATION_COLUMNS}
+        self.add_evaluation(
+            result,
+            iteration=iteration,
+            split=result.split or "validation",
+            kind=Evaluation.Kind.VALIDATION,
+            extra=_json_safe(extra),
         )
         for name in ("accuracy", "ci95", "loss_before", "loss_after"):
             value = getattr(result, name, None)
@@ -154,17 +189,51 @@ class DbReporter(Reporter):
         """Store every point up to the checkpoint before its file exists: a worker killed
         between the file and the next write is resumed from that file, and a gap before the
         resumed attempt's first step would never be filled. While the database refuses the
-        points (an outage) the checkpoint is skipped and the previous one stays."""
+        points (an outage), or once this attempt has lost the run, the checkpoint is skipped."""
+        if self.stop_reason == STOP_LOST:
+            return False
         return self.flush()
 
     def on_checkpoint(self, iteration: int, path: str) -> None:
-        """Record the checkpoint the file now holds (its points were stored just before)."""
+        """Upload the checkpoint file under this attempt's name, then point the run at it
+        (fenced), then delete the checkpoints it replaces."""
         self.iteration = max(self.iteration, iteration)
-        if self.flush():
-            self.write_progress(checkpoint_iteration=iteration)
+        if not self.flush():
+            return
+        name = run_files.checkpoint_name(self.run.pk, self.attempt, iteration)
+        try:
+            name = run_files.upload(Path(path), name)
+        except Exception:  # storage unreachable: this checkpoint is local only, the next tries
+            logger.warning(
+                "run %s: checkpoint at %s not uploaded; keeping the previous one",
+                self.run.pk,
+                iteration,
+                exc_info=True,
+            )
+            return
+        changed = self._db(
+            lambda: held_by(self.run, self.attempt).update(
+                checkpoint_iteration=iteration,
+                checkpoint_file=name,
+                iteration=self.iteration,
+                heartbeat_at=timezone.now(),
+            ),
+            default=None,
+        )
+        if changed != 1:
+            run_files.delete(name)  # never pointed to: nobody will read it
+            if changed == 0:
+                self._stop(STOP_LOST)
+            return
+        self._last_write = self.clock()
+        self.checkpoint_name = name
+        for stale in run_files.stale_checkpoints(self.run.pk, self.attempt, keep=name):
+            run_files.delete(stale)
 
     def heartbeat(self) -> None:
-        """Cheap when called often: a clock read, and a write when one is due."""
+        """Progress was made (an evaluation task, a training task). Cheap when called often: a
+        clock read, and a write when one is due."""
+        self._progress += 1
         if self.clock() - self._last_write >= self.heartbeat_seconds:
             self.write_progress()
 
@@ -194,7 +263,6 @@ class DbReporter(Reporter):
 
     def on_end(self, result: Any) -> None:
         self.iteration = int(getattr(result, "iterations_done", self.iteration))
-        self.flush()
         self.write_progress()
 
     # -- writing ------------------------------------------------------------------------------
@@ -212,33 +280,39 @@ class DbReporter(Reporter):
             return
         self._points[(name, int(step))] = value
 
-    def flush(self) -> bool:
-        """Write the buffered points; True when the buffer is empty afterwards."""
-        if not self._points:
-            return True
-        points = [
-            MetricPoint(run_id=self.run.pk, name=name, step=step, value=value)
-            for (name, step), value in self._points.items()
-        ]
-        written = self._db(
-            lambda: MetricPoint.objects.bulk_create(
-                points,
-                batch_size=500,
-                update_conflicts=True,
-                unique_fields=["run", "name", "step"],
-                update_fields=["value"],
-            ),
-            default=None,
+    def add_evaluation(
+        self, result: Any, *, iteration: int, split: str, kind: str, extra: dict[str, Any]
+    ) -> None:
+        """Buffer one evaluation; the latest result for a (kind, split, iteration) wins."""
+        self._evaluations[(kind, split, int(iteration))] = Evaluation.fields_from_result(
+            result, extra=extra
         )
-        if written is None:
+
+    def flush(self) -> bool:
+        """Write the buffered points and evaluations, only while this attempt holds the run;
+        True when the buffers are empty afterwards."""
+        if self.stop_reason == STOP_LOST:
+            self._points.clear()  # they belong to an attempt that no longer exists
+            self._evaluations.clear()
             return False
+        if not self._points and not self._evaluations:
+            return True
+        held = self._db(lambda: self._fenced(self._write_buffers), default=None)
+        if held is None:
+            return False  # unreachable: kept for the next try
+        if not held:
+            self._stop(STOP_LOST)
+            return self.flush()
         self._points.clear()
+        self._evaluations.clear()
         return True
 
     def write_progress(self, **fields: Any) -> None:
-        """Flush points, then write iteration, total, speed and heartbeat (fenced)."""
+        """Flush the buffers, then write iteration, total, speed and heartbeat (fenced)."""
         self._last_write = self.clock()
         self.flush()
+        if self.stop_reason == STOP_LOST:
+            return
         values: dict[str, Any] = {
             "iteration": self.iteration,
             "heartbeat_at": timezone.now(),
@@ -252,25 +326,72 @@ class DbReporter(Reporter):
         if changed == 0:
             self._stop(STOP_LOST)
 
+    def _write_buffers(self) -> None:
+        points = [
+            MetricPoint(run_id=self.run.pk, name=name, step=step, value=value)
+            for (name, step), value in self._points.items()
+        ]
+        MetricPoint.objects.bulk_create(
+            points,
+            batch_size=500,
+            update_conflicts=True,
+            unique_fields=["run", "name", "step"],
+            update_fields=["value"],
+        )
+        evaluations = [
+            Evaluation(run_id=self.run.pk, kind=kind, split=split, iteration=iteration, **fields)
+            for (kind, split, iteration), fields in self._evaluations.items()
+        ]
+        Evaluation.objects.bulk_create(
+            evaluations,
+            update_conflicts=True,
+            unique_fields=["run", "kind", "split", "iteration"],
+            update_fields=_EVALUATION_FIELDS,
+        )
+
+    def _fenced(self, write: Callable[[], Any]) -> bool:
+        """Run `write` in a transaction that first locks the run's row, only while this attempt
+        holds the run; False (nothing written) otherwise. The supervisor and a new claim wait
+        for the lock, so the write lands entirely before they change the run, or not at all."""
+        with transaction.atomic():
+            holds = (
+                held_by(self.run, self.attempt)
+                .select_for_update()
+                .values_list("pk", flat=True)
+                .first()
+            )
+            if holds is None:
+                return False
+            write()
+        return True
+
     # -- silent phases ------------------------------------------------------------------------
     @contextlib.contextmanager
     def keep_alive(self, max_silence_seconds: float) -> Iterator[None]:
-        """Keep the heartbeat fresh while the library works without calling the reporter
-        (loading a dataset, building the model, before the loop's first call), for at most
-        `max_silence_seconds` of silence: a loop that really hangs still goes stale and is
-        declared lost, only later. A thread writes the heartbeat whenever the reporter has not
-        written for `heartbeat_seconds`; it dies with the process, so a crash is seen at once.
+        """Keep the heartbeat fresh while the library works before it first reports progress
+        (loading a dataset, building the model, starting task workers), for at most
+        `max_silence_seconds`. From the first progress report on, only progress stamps the
+        heartbeat: a loop that stops advancing (a hung kernel, a stopped task worker) goes
+        stale and is declared lost, however alive its process looks.
         """
         stop = threading.Event()
+        progress_at_entry = self._progress
+        entered = self.clock()
 
         def beat() -> None:
             try:
                 while not stop.wait(self.heartbeat_seconds):
-                    silent = self.clock() - self._last_write
-                    if silent > max_silence_seconds:
-                        logger.warning("run %s: silent for %.0f s", self.run.pk, silent)
+                    if self._progress != progress_at_entry:
+                        return  # the loop reports progress itself from now on
+                    if self.clock() - entered > max_silence_seconds:
+                        logger.warning(
+                            "run %s: silent for %.0f s before reporting progress; the heartbeat "
+                            "is left to go stale",
+                            self.run.pk,
+                            self.clock() - entered,
+                        )
                         return
-                    if silent >= self.heartbeat_seconds:
+                    if self.clock() - self._last_write >= self.heartbeat_seconds:
                         changed = self._db(
                             lambda: held_by(self.run, self.attempt).update(
                                 heartbeat_at=timezone.now()
@@ -300,22 +421,55 @@ class DbReporter(Reporter):
 
     def _forget_after(self, step: int) -> None:
         MetricPoint.objects.filter(run_id=self.run.pk, step__gt=step).delete()
-        Evaluation.objects.filter(run_id=self.run.pk, iteration__gt=step).exclude(
-            split="test"
+        Evaluation.objects.filter(
+            run_id=self.run.pk, kind=Evaluation.Kind.VALIDATION, iteration__gt=step
         ).delete()
+        RunAttempt.objects.filter(run=self.run, number=self.attempt).update(start_iteration=step)
 
     def _db(self, action: Callable[[], T], default: Any = None) -> T | Any:
-        """Run a query; on a connection error reconnect and retry once, then give up with
-        `default` (logged) rather than crash a run that may have hours behind it."""
+        """Run a query. On a connection error, reconnect and retry once (a connection the
+        server dropped), then back off: until the next try is due, calls return `default` at
+        once without touching the network, and each failed try doubles the wait."""
+        now = self.clock()
+        if now < self._retry_at:
+            self._deferred += 1
+            return default
         for tries in (1, 2):
             try:
-                return action()
+                result = action()
             except (OperationalError, InterfaceError) as exc:
-                logger.warning(
-                    "run %s: database write failed (%s), try %s", self.run.pk, exc, tries
-                )
                 connection.close()
-        return default
+                if tries == 1:
+                    continue
+                self._back_off(exc)
+                return default
+            if self._outage_since is not None:
+                logger.warning(
+                    "run %s: database reachable again after %.0f s (%s writes waited)",
+                    self.run.pk,
+                    self.clock() - self._outage_since,
+                    self._deferred,
+                )
+                self._outage_since = None
+                self._retry_wait = 0.0
+                self._deferred = 0
+            return result
+        return default  # not reached
+
+    def _back_off(self, exc: Exception) -> None:
+        with self._db_lock:
+            first, longest = self.retry_seconds
+            self._retry_wait = first if not self._retry_wait else min(longest, self._retry_wait * 2)
+            self._retry_at = self.clock() + self._retry_wait
+            self._deferred += 1
+            if self._outage_since is None:
+                self._outage_since = self.clock()
+                logger.warning(
+                    "run %s: database unreachable (%s); writes are buffered and retried with "
+                    "backoff",
+                    self.run.pk,
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                )
 
 
 def _json_safe(data: dict[str, Any]) -> dict[str, Any]:

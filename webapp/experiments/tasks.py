@@ -1,28 +1,30 @@
 """Celery tasks: thin wrappers that take a primary key and hand the work to library code.
 
-- `train_run(run_id)`: claim the run (or return quietly), train it with metatrain, evaluate
-  it on the test split, store its files, and record the outcome.
+- `train_run(run_id)`: claim the run (or return quietly), fetch what it needs onto this host
+  (its last checkpoint and its uploaded dataset, from the storage every host shares), train it
+  with metatrain, evaluate it on the test split, store its files, and record the outcome.
 - `dispatch_pending`, `supervise_runs`: the periodic tasks (celery beat, every 15 s, on the
   `default` queue) that resend undelivered runs and resume lost ones.
 
 Delivery (settings.py): early acknowledgement, prefetch disabled (a busy worker holds no second
-message), so a message is never redelivered behind a worker's back; a worker that dies mid-run
-is caught by the heartbeat rule (`lifecycle.mark_stale_runs_lost`) and its run resumed from the
-last checkpoint. A duplicate message is harmless: only one worker can win the claim.
+message), so a message is never redelivered behind a worker's back; a worker that dies or hangs
+mid-run is caught by the heartbeat rule (`lifecycle.mark_stale_runs_lost`: the heartbeat means
+progress) and its run resumed from the last stored checkpoint, on any host. A duplicate message
+is harmless: only one worker can win the claim.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import traceback
-from pathlib import Path
 
 import torch
 from celery import shared_task
 from django.conf import settings
 from django.db import transaction
 
-from . import lifecycle, workers
+from . import lifecycle, run_files, workers
 from .dispatch import dispatch_pending_runs, send_run
 from .models import Evaluation, Run
 
@@ -33,23 +35,34 @@ logger = logging.getLogger(__name__)
 HARD_LIMIT_GRACE_SECONDS = 15 * 60
 # How much of a traceback a failed run keeps in status_reason.
 TRACEBACK_CHARS = 4000
-# Longest time the library may work without calling the reporter (loading a large dataset
-# before training or before the final evaluation) while the run still counts as alive.
-SILENT_PHASE_SECONDS = 30 * 60
-
-
-def run_dir(run: Run) -> Path:
-    """A run's working folder (checkpoint, metrics.jsonl): the same for every attempt, so a
-    resumed attempt finds the last checkpoint."""
-    return Path(settings.RUNS_ROOT) / str(run.pk)
+NO_CAPACITY = "no-capacity"
 
 
 def failure_reason(exc: BaseException) -> str:
-    """The error on the first line, then the tail of the traceback (most recent frames)."""
+    """The error on the first line, then the tail of the traceback (most recent frames), with
+    this server's data and work folders replaced by their names (users see this text)."""
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     if len(text) > TRACEBACK_CHARS:
         text = "...\n" + text[-TRACEBACK_CHARS:]
-    return f"{type(exc).__name__}: {exc}\n\n{text}"
+    return redact_paths(f"{type(exc).__name__}: {exc}\n\n{text}")
+
+
+def redact_paths(text: str) -> str:
+    """Replace this server's folders (data, datasets, work, media) by placeholders: a user must
+    never learn where the server keeps files, least of all another user's dataset."""
+    folders = {
+        "DATASET_CACHE_ROOT": settings.DATASET_CACHE_ROOT,
+        "DATASETS_ROOT": settings.DATASETS_ROOT,
+        "RUNS_ROOT": settings.RUNS_ROOT,
+        "MEDIA_ROOT": settings.MEDIA_ROOT,
+        "METATRAIN_DATA": settings.METATRAIN_DATA,
+    }
+    # Longest first: one folder may lie inside another (datasets under media).
+    for name, folder in sorted(folders.items(), key=lambda item: -len(str(item[1]))):
+        for form in {str(folder), os.path.realpath(str(folder))}:
+            if form and form != os.sep:
+                text = text.replace(form, f"<{name}>")
+    return text
 
 
 @shared_task(
@@ -62,7 +75,13 @@ def failure_reason(exc: BaseException) -> str:
 def train_run(self, run_id: int) -> str:
     """Train one run to a final state; returns what happened (for logs and tests)."""
     hostname = self.request.hostname or ""
-    run = lifecycle.claim_run(run_id, worker=hostname or "in-process", device="")
+    if not workers.has_room_for_another_run(hostname):
+        # A GPU worker holding several runs and short of memory: leave the run queued for
+        # another worker (the dispatcher sends it again).
+        Run.objects.filter(pk=run_id, status=Run.Status.QUEUED).update(dispatched_at=None)
+        logger.info("run %s left queued: not enough free GPU memory for another run", run_id)
+        return NO_CAPACITY
+    run = lifecycle.claim_run(run_id, worker=hostname or "in-process", device="", pid=os.getpid())
     if run is None:
         logger.info("run %s not claimed (gone, already claimed, or cancelled)", run_id)
         return "not-claimed"
@@ -71,7 +90,9 @@ def train_run(self, run_id: int) -> str:
         return _train_claimed(run, attempt, hostname)
     finally:
         workers.set_current_run(hostname, None)
+        lifecycle.process_done(run, attempt)
         _free_accelerator_memory()
+        workers.sweep_run_folders()
 
 
 def _train_claimed(run: Run, attempt: int, hostname: str) -> str:
@@ -89,7 +110,7 @@ def _train_claimed(run: Run, attempt: int, hostname: str) -> str:
             # Small batches: two intra-op threads collapse when another process shares the
             # cores (measured 10x slower here); scale with more worker processes instead.
             torch.set_num_threads(settings.WORKER_TORCH_THREADS)
-        config = metatrain.Config.from_dict(run.config)
+        config = local_config(run)
         task_workers = useful_workers(
             config, resolve_workers(settings.WORKER_TASK_WORKERS, torch.device(device))
         )
@@ -98,14 +119,14 @@ def _train_claimed(run: Run, attempt: int, hostname: str) -> str:
         lifecycle.record_device(run, attempt, device_name)
         workers.set_current_run(hostname, run.pk, device=device_name)
 
-        out_dir = run_dir(run)
-        with reporter.keep_alive(SILENT_PHASE_SECONDS):
+        with reporter.keep_alive(settings.RUN_SILENT_PHASE_SECONDS):
+            out_dir = run_files.prepare_attempt(run.pk, attempt, run.checkpoint_file.name)
             result = metatrain.train(
                 config, str(out_dir), reporter=reporter, device=device, workers=task_workers
             )
         if result.stopped:
             return _stopped(run, attempt, reporter.stop_reason, result.iterations_done)
-        with reporter.keep_alive(SILENT_PHASE_SECONDS):
+        with reporter.keep_alive(settings.RUN_SILENT_PHASE_SECONDS):
             evaluation = metatrain.evaluate(
                 str(out_dir),
                 config,
@@ -117,13 +138,14 @@ def _train_claimed(run: Run, attempt: int, hostname: str) -> str:
             )
         if evaluation.stopped or reporter.stop_reason:
             return _stopped(run, attempt, reporter.stop_reason, result.iterations_done)
-        store_artifacts(run, out_dir)
+        stored = store_artifacts(run, attempt, out_dir)
         with transaction.atomic():
             Evaluation.create_from_result(
                 run,
                 evaluation,
                 iteration=result.iterations_done,
                 split=evaluation.split,
+                kind=Evaluation.Kind.FINAL,
                 extra={"final": True, **_final_extra(evaluation)},
             )
             done = lifecycle.complete_run(
@@ -133,17 +155,38 @@ def _train_claimed(run: Run, attempt: int, hostname: str) -> str:
                 test_accuracy=evaluation.accuracy,
                 test_ci95=evaluation.ci95,
                 test_tasks=evaluation.tasks,
+                **stored,
             )
             if not done:
                 transaction.set_rollback(True)
-                return STOP_LOST
+        if not done:
+            for name in stored.values():
+                run_files.delete(name)  # this attempt lost the run: nobody points to them
+            return STOP_LOST
+        # Succeeded: the initialization is what users download; checkpoints can go.
+        lifecycle.drop_checkpoint(run)
         logger.info("run %s succeeded: test %s", run.pk, evaluation)
         return Run.Status.SUCCEEDED
     except Exception as exc:
         logger.exception("run %s failed", run.pk)
         reporter.flush()
+        if reporter.stop_reason == STOP_LOST:
+            return STOP_LOST
         lifecycle.fail_run(run, attempt, failure_reason(exc))
         return Run.Status.FAILED
+
+
+def local_config(run: Run):
+    """The run's metatrain Config with its data on this host: a run on an uploaded dataset
+    reads it from this host's cache (fetched from storage when missing)."""
+    import metatrain
+    from webapp.datasets.archive import local_folder
+
+    config = metatrain.Config.from_dict(run.config)
+    dataset = run.experiment.user_dataset
+    if dataset is not None:
+        config = config.replace(data_dir=str(local_folder(dataset)))
+    return config
 
 
 def _stopped(run: Run, attempt: int, reason: str | None, iteration: int) -> str:

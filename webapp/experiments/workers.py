@@ -15,19 +15,24 @@ from __future__ import annotations
 
 import logging
 import mmap
-import shutil
-import subprocess
 import sys
 import threading
+import time
 
 from celery import signals
+from django.conf import settings
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
+from . import devices
+
 logger = logging.getLogger(__name__)
 
-# How often the main process refreshes Worker.last_seen.
+# How often the main process refreshes Worker.last_seen (and its device's figures) and looks
+# for pool children stuck in lost runs.
 WORKER_HEARTBEAT_SECONDS = 15
+# How often it removes this host's scratch folders of attempts that are over.
+SWEEP_SECONDS = 10 * 60
 # Queues whose consumers train runs (a worker on only `default` runs the periodic tasks).
 TRAINING_QUEUES = ("gpu", "cpu", "any")
 
@@ -45,41 +50,10 @@ def set_shutting_down(value: bool = True) -> None:
     _SHUTDOWN_FLAG[0] = 1 if value else 0
 
 
-def _nvidia_smi() -> str | None:
-    """The first GPU's name and memory without initialising CUDA in this process.
-
-    The worker's main process forks pool children; CUDA initialised before a fork is unusable
-    in the child, so the main process asks nvidia-smi instead of torch.cuda.
-    """
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return None
-    try:
-        out = subprocess.run(
-            [exe, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if not out:
-        return None
-    lines = out.splitlines()
-    name, _, mem_mib = lines[0].partition(",")
-    try:
-        mem = f" ({float(mem_mib) / 1024:.0f} GiB)"
-    except ValueError:
-        mem = ""
-    extra = f" x{len(lines)}" if len(lines) > 1 else ""
-    return f"{name.strip()}{mem}{extra}"
-
-
 def describe_device(*, init_cuda: bool = True, task_workers: int = 1) -> str:
     """What this process trains on, for people: "NVIDIA H100 80GB HBM3 (80 GiB)", "CPU (8
     threads)" or "CPU (1 thread, 4 task workers)". With init_cuda=False (a process that will
-    fork) CUDA is left alone."""
+    fork) CUDA is left alone and the GPU is read through NVML."""
     import torch
 
     if init_cuda:
@@ -87,19 +61,47 @@ def describe_device(*, init_cuda: bool = True, task_workers: int = 1) -> str:
             props = torch.cuda.get_device_properties(0)
             return f"{props.name} ({props.total_memory / 2**30:.0f} GiB)"
     else:
-        gpu = _nvidia_smi()
+        gpu = devices.gpu_stats(devices.pinned_gpu())
         if gpu:
-            return gpu
+            return f"{gpu['name']} ({gpu['memory_total_mib'] / 1024:.0f} GiB)"
     threads = torch.get_num_threads()
     workers = f", {task_workers} task workers" if task_workers > 1 else ""
     return f"CPU ({threads} thread{'s' if threads != 1 else ''}{workers})"
 
 
 def training_device() -> str:
-    """The torch device a run trains on: cuda when available."""
+    """The torch device a run trains on: the GPU this worker was started for (the only one it
+    sees), else the CPU."""
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def has_room_for_another_run(hostname: str) -> bool:
+    """Whether this process may start one more run: always on a CPU or when the worker holds
+    no other run; on a GPU shared with the worker's other runs, only while its free memory
+    stays above WORKER_GPU_MEMORY_MARGIN_MB."""
+    from .models import Run
+
+    if not hostname or not Run.objects.filter(worker=hostname, status=Run.Status.RUNNING).exists():
+        return True
+    free = devices.free_gpu_memory_bytes()
+    return free is None or free >= settings.WORKER_GPU_MEMORY_MARGIN_MB * 2**20
+
+
+def sweep_run_folders() -> list:
+    """Remove this host's scratch folders of attempts that are over (best effort)."""
+    from . import run_files
+    from .models import Run
+
+    def is_current(run_id: int, attempt: int) -> bool:
+        return Run.objects.filter(pk=run_id, status=Run.Status.RUNNING, attempts=attempt).exists()
+
+    try:
+        return run_files.sweep_local(is_current)
+    except Exception:  # housekeeping: never fail a task or a heartbeat over it
+        logger.warning("could not sweep %s", settings.RUNS_ROOT, exc_info=True)
+        return []
 
 
 def worker_queues(with_gpu: bool | None = None) -> list[str]:
@@ -112,9 +114,10 @@ def worker_queues(with_gpu: bool | None = None) -> list[str]:
 
 
 def training_worker_argv(
-    queues: list[str], *, name: str = "train@%h", loglevel: str = "info"
+    queues: list[str], *, name: str = "train@%h", loglevel: str = "info", concurrency: int = 1
 ) -> list[str]:
-    """The command line of a training worker: one run at a time, fetching only when idle."""
+    """The command line of a training worker: `concurrency` runs at once (one process each),
+    each process fetching a message only when it is idle."""
     return [
         sys.executable,
         "-m",
@@ -127,7 +130,7 @@ def training_worker_argv(
         "-n",
         name,
         "--concurrency",
-        "1",
+        str(concurrency),
         "--prefetch-multiplier",
         "1",
         "-O",
@@ -141,7 +144,7 @@ def training_worker_argv(
 # ------------------------------------------------------------------------------------------
 # The Worker row
 # ------------------------------------------------------------------------------------------
-def register_worker(hostname: str, queues: list[str], device: str) -> None:
+def register_worker(hostname: str, queues: list[str], device: str, *, concurrency: int = 1) -> None:
     """Create or refresh this worker's row (a restarted worker keeps its hostname)."""
     from .models import Worker
 
@@ -154,6 +157,9 @@ def register_worker(hostname: str, queues: list[str], device: str) -> None:
             "current_run": None,
             "started_at": now,
             "last_seen": now,
+            "gpu_index": devices.pinned_gpu(),
+            "concurrency": concurrency,
+            "stats": devices.stats(),
         },
     )
 
@@ -161,7 +167,7 @@ def register_worker(hostname: str, queues: list[str], device: str) -> None:
 def touch_worker(hostname: str) -> None:
     from .models import Worker
 
-    Worker.objects.filter(hostname=hostname).update(last_seen=timezone.now())
+    Worker.objects.filter(hostname=hostname).update(last_seen=timezone.now(), stats=devices.stats())
 
 
 def set_current_run(hostname: str | None, run_id: int | None, device: str | None = None) -> None:
@@ -189,10 +195,17 @@ class _Heartbeat(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
+        from .watchdog import recycle_stuck_processes
+
+        last_sweep = -float("inf")
         while not self.stopped.wait(WORKER_HEARTBEAT_SECONDS):
             try:
                 close_old_connections()
                 touch_worker(self.hostname)
+                recycle_stuck_processes(self.hostname)
+                if time.monotonic() - last_sweep >= SWEEP_SECONDS:
+                    last_sweep = time.monotonic()
+                    sweep_run_folders()
             except Exception:
                 logger.exception("worker heartbeat failed")
         connection.close()
@@ -214,7 +227,9 @@ def _on_worker_ready(sender=None, **kwargs) -> None:
     if not set(queues) & set(TRAINING_QUEUES):
         return  # a maintenance worker: not a place where runs train
     try:
-        register_worker(hostname, queues, describe_device(init_cuda=False))
+        concurrency = int(getattr(sender, "concurrency", 1) or 1)
+        register_worker(hostname, queues, describe_device(init_cuda=False), concurrency=concurrency)
+        sweep_run_folders()
     except Exception:
         logger.exception("could not register worker %s", hostname)
     finally:
@@ -237,10 +252,12 @@ def _on_worker_shutdown(sender=None, **kwargs) -> None:
 
 __all__ = [
     "describe_device",
+    "has_room_for_another_run",
     "register_worker",
     "set_current_run",
     "set_shutting_down",
     "shutting_down",
+    "sweep_run_folders",
     "training_device",
     "training_worker_argv",
     "worker_queues",

@@ -1,5 +1,5 @@
 """Fixtures for the dataset tests: the hostile-archive generator as an importable module, and
-folders for uploads (MEDIA_ROOT) and extracted datasets (DATASETS_ROOT) private to each test.
+folders for uploads (MEDIA_ROOT) and extracted datasets (DATASET_CACHE_ROOT) private to each test.
 
 The suite runs with `--import-mode=importlib`, where test folders are not packages; the
 generator is registered under the name `hostile_archives` so test modules can import it.
@@ -25,13 +25,16 @@ if "hostile_archives" not in sys.modules:
 
 @pytest.fixture
 def dataset_dirs(settings, tmp_path) -> tuple[Path, Path]:
-    """(MEDIA_ROOT, DATASETS_ROOT), both empty folders of this test."""
+    """(MEDIA_ROOT, DATASET_CACHE_ROOT), both empty folders of this test (and DATASETS_ROOT,
+    where datasets validated before archives were stored keep their folders)."""
     media = tmp_path / "media"
-    roots = tmp_path / "datasets"
+    cache = tmp_path / "dataset-cache"
     media.mkdir()
+    cache.mkdir()
     settings.MEDIA_ROOT = media
-    settings.DATASETS_ROOT = roots
-    return media, roots
+    settings.DATASET_CACHE_ROOT = cache
+    settings.DATASETS_ROOT = tmp_path / "datasets"
+    return media, cache
 
 
 @pytest.fixture

@@ -7,6 +7,8 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+import hashlib
+
 import hostile_archives as ha
 import pytest
 from django.core.files import File
@@ -14,8 +16,8 @@ from django.core.files.storage import default_storage
 from django.utils import timezone
 
 from metatrain.data import load_imagefolder_splits
-from webapp.datasets import processing, services
-from webapp.datasets.models import UserDataset, dataset_folder
+from webapp.datasets import archive, processing, services
+from webapp.datasets.models import UserDataset
 from webapp.datasets.tasks import process_dataset, supervise_datasets
 
 pytestmark = pytest.mark.usefixtures("dataset_dirs")
@@ -49,7 +51,7 @@ def archives(tmp_path) -> Path:
 
 
 def test_a_good_archive_becomes_a_ready_dataset_metatrain_loads(store, archives, dataset_dirs):
-    media, datasets_root = dataset_dirs
+    media, cache = dataset_dirs
     dataset = store(ha.good_split_archive(archives))
     upload = dataset.upload.name
 
@@ -60,17 +62,34 @@ def test_a_good_archive_becomes_a_ready_dataset_metatrain_loads(store, archives,
     assert (dataset.train_classes, dataset.val_classes, dataset.test_classes) == (5, 5, 5)
     assert dataset.images == 75 and dataset.uncompressed_bytes > 0
     assert dataset.min_class_images == 5
-    assert dataset.layout == "splits" and dataset.folder == str(dataset.pk)
+    assert dataset.layout == "splits" and dataset.folder == ""
     assert dataset.attempts == 1 and dataset.finished_at is not None
     assert sorted(dataset.class_split["val"]) == [f"val-c{i}" for i in range(5)]
-    # The upload is gone; only the dataset's own folder is left, no temporary files.
+    # The upload is gone; the checked dataset is one archive in storage, named by its content.
     assert dataset.upload.name == "" and not default_storage.exists(upload)
-    assert [p.name for p in datasets_root.iterdir()] == [str(dataset.pk)]
+    assert dataset.archive.name == f"datasets/{dataset.pk}/{dataset.content_hash}.zip"
+    with default_storage.open(dataset.archive.name) as fh:
+        assert hashlib.sha256(fh.read()).hexdigest() == dataset.content_hash
+    assert dataset.archive_bytes == default_storage.size(dataset.archive.name)
+    # This host keeps the folder in its cache under that hash; no temporary files are left.
+    assert ha.tree(cache / ".work") == []
+    assert [p.name for p in cache.iterdir() if p.name != ".work"] == [dataset.content_hash]
 
-    data_dir = services.dataset_data_dir(dataset)
-    assert data_dir == str(datasets_root / str(dataset.pk))
+    data_dir = archive.local_folder(dataset)
+    assert data_dir == cache / dataset.content_hash
     splits = load_imagefolder_splits(data_dir, image_size=8)
     assert splits.test.num_classes == 5 and splits.train.class_sizes().sum() == 25
+
+
+def test_the_same_files_give_the_same_archive_and_any_change_another(tmp_path):
+    folder = tmp_path / "set"
+    (folder / "train" / "a").mkdir(parents=True)
+    (folder / "train" / "a" / "1.png").write_bytes(b"one")
+    (folder / "test.txt").write_bytes(b"two")
+    first = archive.pack(folder, tmp_path / "first.zip")
+    assert archive.pack(folder, tmp_path / "second.zip") == first
+    (folder / "test.txt").write_bytes(b"three")
+    assert archive.pack(folder, tmp_path / "third.zip") != first
 
 
 def test_plain_class_folders_are_split_with_the_datasets_seed(store, archives):
@@ -80,7 +99,8 @@ def test_plain_class_folders_are_split_with_the_datasets_seed(store, archives):
     assert (dataset.train_classes, dataset.val_classes, dataset.test_classes) == (20, 5, 7)
     assert dataset.layout == "classes"
     assert dataset.class_split["seed"] == 11
-    assert dataset.class_split["val"] == sorted(p.name for p in (dataset.path / "val").iterdir())
+    folder = archive.local_folder(dataset)
+    assert dataset.class_split["val"] == sorted(p.name for p in (folder / "val").iterdir())
 
 
 @pytest.mark.parametrize("name", list(ha.CASES))
@@ -97,8 +117,9 @@ def test_a_hostile_archive_is_rejected_with_its_reason_and_leaves_no_folder(
     dataset.refresh_from_db()
     assert dataset.status == "rejected"
     assert case.message in dataset.reason
-    assert dataset.images == 0 and dataset.folder == ""
-    assert ha.tree(dataset_dirs[1]) == []  # no dataset folder, no temporary folder
+    assert dataset.images == 0 and dataset.folder == "" and not dataset.archive
+    assert ha.tree(dataset_dirs[1] / ".work") == []  # no dataset folder, no temporary folder
+    assert [p.name for p in dataset_dirs[1].iterdir()] == [".work"]
     assert not default_storage.exists(upload)
 
 
@@ -124,21 +145,26 @@ def test_a_dataset_deleted_while_it_is_checked_leaves_no_folder(
 
     monkeypatch.setattr(processing, "_validate", validate_then_vanish)
     assert process_dataset(dataset.pk) == "gone"
-    assert ha.tree(dataset_dirs[1]) == []
+    assert ha.tree(dataset_dirs[1] / ".work") == []
+    assert not default_storage.exists(f"datasets/{dataset.pk}") or (
+        default_storage.listdir(f"datasets/{dataset.pk}")[1] == []
+    )
 
 
 def test_leftovers_of_a_killed_attempt_are_cleaned_before_retrying(store, archives, dataset_dirs):
-    datasets_root = dataset_dirs[1]
+    work = processing.work_root()
     dataset = store(ha.good_split_archive(archives))
-    (datasets_root / f".{dataset.pk}.tmp-deadbeef" / "train").mkdir(parents=True)
-    (datasets_root / f".{dataset.pk}.upload-deadbeef.zip").write_bytes(b"partial")
-    (datasets_root / str(dataset.pk) / "train").mkdir(parents=True)  # moved, then the worker died
-    other = datasets_root / f".{dataset.pk + 1}.tmp-cafe"
+    (work / f".{dataset.pk}.tmp-deadbeef" / "train").mkdir(parents=True)
+    (work / f".{dataset.pk}.upload-deadbeef.zip").write_bytes(b"partial")
+    (work / f".{dataset.pk}.pack-deadbeef.zip").write_bytes(b"partial")
+    (work / str(dataset.pk) / "train").mkdir(parents=True)  # moved, then the worker died
+    other = work / f".{dataset.pk + 1}.tmp-cafe"
     other.mkdir()  # another dataset's work: not ours to touch
 
     assert process_dataset(dataset.pk) == "ready"
-    assert sorted(p.name for p in datasets_root.iterdir()) == sorted([str(dataset.pk), other.name])
-    assert (dataset_folder(dataset.pk) / "test").is_dir()
+    assert [p.name for p in work.iterdir()] == [other.name]
+    dataset.refresh_from_db()
+    assert (archive.local_folder(dataset) / "test").is_dir()
 
 
 def test_an_upload_on_object_storage_is_copied_locally_and_the_copy_removed(
@@ -157,10 +183,9 @@ def test_an_upload_on_object_storage_is_copied_locally_and_the_copy_removed(
     monkeypatch.setattr(processing, "_local_path", lambda storage, name: None)
     monkeypatch.setattr(processing, "safe_extract", record_archive)
     assert process_dataset(dataset.pk) == "ready"
-    assert copies[0].parent == dataset_dirs[1] and copies[0].name.startswith(
-        f".{dataset.pk}.upload-"
-    )
-    assert [p.name for p in dataset_dirs[1].iterdir()] == [str(dataset.pk)]
+    work = processing.work_root()
+    assert copies[0].parent == work and copies[0].name.startswith(f".{dataset.pk}.upload-")
+    assert list(work.iterdir()) == []
 
 
 def test_a_missing_upload_is_rejected_with_a_reason(store, archives):
@@ -184,7 +209,7 @@ def test_a_server_error_rejects_without_showing_server_paths(
     dataset.refresh_from_db()
     assert "server error (OSError)" in dataset.reason
     assert "/srv/secret" not in dataset.reason
-    assert ha.tree(dataset_dirs[1]) == []
+    assert ha.tree(dataset_dirs[1] / ".work") == []
 
 
 def test_dataset_data_dir_refuses_a_dataset_that_is_not_ready(owner):

@@ -12,6 +12,7 @@ from django.urls import reverse
 from webapp.datasets.models import UserDataset, dataset_folder
 from webapp.datasets.services import PROCESS_TASK
 from webapp.datasets.views import FORM_OVERHEAD_BYTES
+from webapp.experiments.models import Experiment
 
 pytestmark = pytest.mark.usefixtures("dataset_dirs")
 
@@ -83,7 +84,7 @@ def test_an_upload_creates_one_pending_dataset_and_nothing_else(
     assert stored == ["dataset-uploads", dataset.upload.name]
     assert dataset.upload.name.startswith("dataset-uploads/") and "cats" not in dataset.upload.name
     assert (media / dataset.upload.name).read_bytes() == archive
-    assert not datasets_root.exists()
+    assert ha.tree(datasets_root) == []  # nothing is extracted in the request
     assert sent == [(PROCESS_TASK, [dataset.pk], "default")]
 
 
@@ -216,12 +217,10 @@ def test_it_refuses_to_delete_a_dataset_an_unfinished_run_trains_on(
     client, owner, make_dataset, make_run
 ):
     dataset = make_dataset(owner, **ready())
-    make_run(
-        owner,
-        status="running",
-        dataset="imagefolder",
-        config={"data_dir": str(dataset_folder(dataset.pk))},
+    experiment = Experiment.objects.create(
+        owner=owner, name="on it", config={"dataset": "imagefolder"}, user_dataset=dataset
     )
+    make_run(owner, experiment=experiment, status="running", dataset="imagefolder")
     client.force_login(owner)
     response = client.post(reverse("dataset-delete", args=[dataset.pk]), follow=True)
     assert UserDataset.objects.filter(pk=dataset.pk).exists()

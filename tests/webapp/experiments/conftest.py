@@ -119,4 +119,5 @@ def work_dirs(settings, tmp_path):
     """Runs' working folders and stored files under this test's tmp_path."""
     settings.RUNS_ROOT = tmp_path / "runs"
     settings.MEDIA_ROOT = tmp_path / "media"
+    settings.DATASET_CACHE_ROOT = tmp_path / "dataset-cache"
     return settings

@@ -8,7 +8,7 @@ import pytest
 from django.utils import timezone
 
 from webapp.experiments import lifecycle, services
-from webapp.experiments.models import Run, RunAttempt
+from webapp.experiments.models import Run, RunAttempt, Worker
 
 
 @pytest.fixture
@@ -145,9 +145,30 @@ def test_a_run_lost_max_attempts_times_fails_with_the_reason(queued_run, limits)
         lifecycle.supervise()
     run.refresh_from_db()
     assert run.status == Run.Status.FAILED
-    assert run.status_reason.startswith("lost 2 times (RUN_MAX_ATTEMPTS=2)")
+    assert run.status_reason.startswith("failed: lost 2 times")
+    assert "RUN_MAX_ATTEMPTS=2" in run.status_reason and "not resumed again" in run.status_reason
+    assert "resumes" not in run.status_reason  # it does not: the message says what happened
     assert "w2" in run.status_reason
     assert run.finished_at is not None
+
+
+def test_a_requeued_run_says_where_it_resumes(queued_run, limits):
+    run = _claim(queued_run)
+    Run.objects.filter(pk=run.pk).update(iteration=40, checkpoint_iteration=30)
+    _go_stale(run)
+    lifecycle.supervise()
+    run.refresh_from_db()
+    assert "resumes from its checkpoint at iteration 30" in run.status_reason
+
+
+def test_a_run_whose_worker_still_reports_in_is_called_stalled_not_gone(queued_run, limits):
+    """The heartbeat means progress: a live worker whose run stopped advancing is stuck."""
+    run = _claim(queued_run)
+    Worker.objects.create(hostname="w1", last_seen=timezone.now())
+    _go_stale(run, 75)
+    assert lifecycle.mark_stale_runs_lost() == [run.pk]
+    run.refresh_from_db()
+    assert run.status_reason.startswith("stalled: no progress for 75 s (limit 60 s)")
 
 
 def test_a_lost_run_with_a_cancel_request_ends_cancelled(queued_run, limits):

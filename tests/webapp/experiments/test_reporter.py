@@ -6,11 +6,13 @@ from __future__ import annotations
 import time
 
 import pytest
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 from django.db import OperationalError, connection
 from django.test.utils import CaptureQueriesContext
 
 from metatrain import EvalResult
-from webapp.experiments import lifecycle, services, workers
+from webapp.experiments import lifecycle, run_files, services, workers
 from webapp.experiments.models import Evaluation, MetricPoint, Run, RunAttempt
 from webapp.experiments.reporter import DbReporter
 
@@ -26,6 +28,19 @@ class FakeClock:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture(autouse=True)
+def _storage(work_dirs):
+    """Checkpoints are uploaded to the storage: a MEDIA_ROOT of this test's own."""
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    """A file standing in for the checkpoint metatrain wrote."""
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(b"weights")
+    return str(path)
 
 
 @pytest.fixture
@@ -76,8 +91,10 @@ def test_it_buffers_points_and_writes_them_in_one_batch_when_the_heartbeat_is_du
     clock.now += 5
     with CaptureQueriesContext(connection) as queries:
         reporter.on_iteration(11, _metrics(11))
-    # 11 iterations x 3 series in one INSERT, plus the progress UPDATE.
-    assert len(queries) <= 3
+    # The fence (the run's row locked while this attempt holds it), 11 iterations x 3 series in
+    # one INSERT, and the progress UPDATE; savepoints only exist inside the test's transaction.
+    statements = [q for q in queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE"))]
+    assert len(statements) == 3
     assert _points(run) == {i: pytest.approx(1 / i) for i in range(1, 12)}
     assert set(MetricPoint.objects.filter(run=run).values_list("name", flat=True)) == {
         "inner_loss",
@@ -112,13 +129,13 @@ def test_writing_the_same_steps_again_overwrites_them(run, clock):
     assert MetricPoint.objects.filter(run=run, name="inner_loss").count() == 7
 
 
-def test_a_resumed_attempt_deletes_what_came_after_its_checkpoint(run, clock):
+def test_a_resumed_attempt_deletes_what_came_after_its_checkpoint(run, clock, checkpoint):
     first = _reporter(run, clock)
     for i in range(1, 11):
         first.on_iteration(i, _metrics(i))
         if i in (4, 8):
             first.on_validation(i, _eval_result(accuracy=i / 10))
-    first.on_checkpoint(5, "/tmp/checkpoint.pt")
+    first.on_checkpoint(5, checkpoint)
     first.flush()
     assert max(_points(run)) == 10
 
@@ -132,16 +149,19 @@ def test_a_resumed_attempt_deletes_what_came_after_its_checkpoint(run, clock):
     assert (run.iteration, run.checkpoint_iteration) == (5, 5)
 
 
-def test_a_checkpoint_is_recorded_only_after_its_points_are_stored(run, clock):
+def test_a_checkpoint_is_recorded_only_after_its_points_are_stored(run, clock, checkpoint):
     reporter = _reporter(run, clock)
     reporter.on_start({"start_iteration": 0, "total_iterations": 10})
     for i in range(1, 5):
         reporter.on_iteration(i, _metrics(i))
     assert MetricPoint.objects.filter(run=run).count() == 0
-    reporter.on_checkpoint(4, "/tmp/checkpoint.pt")
+    reporter.on_checkpoint(4, checkpoint)
     assert list(_points(run)) == [1, 2, 3, 4]
     run.refresh_from_db()
     assert run.checkpoint_iteration == 4
+    assert run.checkpoint_file.name == run_files.checkpoint_name(run.pk, 1, 4)
+    with default_storage.open(run.checkpoint_file.name) as fh:
+        assert fh.read() == b"weights"
 
 
 def test_before_a_checkpoint_file_is_written_every_point_up_to_it_is_stored(run, clock):
@@ -171,7 +191,9 @@ def test_a_checkpoint_is_skipped_while_its_points_cannot_be_stored(run, clock):
     with connection.execute_wrapper(_refuse_metric_inserts):
         assert reporter.before_checkpoint(4) is False
     assert _points(run) == {}
-    # The points stayed in the buffer: the next checkpoint stores them.
+    # The points stayed in the buffer: the next checkpoint once the retry is due stores them.
+    assert reporter.before_checkpoint(4) is False  # backing off: not even tried
+    clock.now += 0.5
     assert reporter.before_checkpoint(4) is True
     assert list(_points(run)) == [1, 2, 3, 4]
 
@@ -307,3 +329,160 @@ def test_keep_alive_notices_a_lost_claim(run):
     with reporter.keep_alive(max_silence_seconds=30):
         time.sleep(0.3)
     assert reporter.stop_reason == "lost"
+
+
+# -- fencing: an attempt that lost its run writes nothing -------------------------------------
+def _lose_and_reclaim(run: Run) -> Run:
+    """The supervisor declares the run lost and requeues it, and another worker claims it."""
+    Run.objects.filter(pk=run.pk).update(status=Run.Status.QUEUED)
+    return lifecycle.claim_run(run.pk, worker="w2", device="cpu")
+
+
+def test_a_woken_attempt_writes_no_points_after_its_run_was_claimed_again(run, clock):
+    paused = _reporter(run, clock)
+    paused.on_start({"start_iteration": 0, "total_iterations": 100})
+    for i in range(1, 4):
+        paused.on_iteration(i, _metrics(i))
+    paused.flush()
+    _lose_and_reclaim(run)
+    for i in range(4, 9):  # it wakes up and trains on
+        paused.on_iteration(i, _metrics(i))
+    paused.on_validation(8, _eval_result())
+    assert paused.flush() is False
+    assert paused.stop_reason == "lost"
+    assert list(_points(run)) == [1, 2, 3]
+    assert not Evaluation.objects.filter(run=run).exists()
+
+
+def test_a_woken_attempt_writes_no_checkpoint(run, clock, checkpoint):
+    paused = _reporter(run, clock)
+    paused.on_start({"start_iteration": 0, "total_iterations": 100})
+    paused.on_iteration(1, _metrics(1))
+    paused.on_checkpoint(1, checkpoint)
+    newer = _lose_and_reclaim(run)
+    Run.objects.filter(pk=run.pk).update(checkpoint_iteration=80, checkpoint_file="newer.pt")
+
+    paused.on_iteration(2, _metrics(2))
+    assert paused.before_checkpoint(2) is False  # metatrain then writes no file at all
+    paused.on_checkpoint(2, checkpoint)  # and had it written one, it would not count
+    newer.refresh_from_db()
+    assert (newer.checkpoint_iteration, newer.checkpoint_file.name) == (80, "newer.pt")
+    assert not default_storage.exists(run_files.checkpoint_name(run.pk, 1, 2))
+
+
+def test_an_upload_that_loses_the_race_is_deleted_and_never_pointed_to(run, clock, checkpoint):
+    """The run is claimed again between the fence check of the points and the checkpoint's
+    record: the file reached storage under attempt 1's name, and is removed."""
+    reporter = _reporter(run, clock)
+    reporter.on_start({"start_iteration": 0, "total_iterations": 10})
+    original = run_files.upload
+
+    def upload_then_lose(source, name, storage=None):
+        stored = original(source, name, storage)
+        _lose_and_reclaim(run)
+        return stored
+
+    run_files.upload = upload_then_lose
+    try:
+        reporter.on_checkpoint(3, checkpoint)
+    finally:
+        run_files.upload = original
+    assert reporter.stop_reason == "lost"
+    assert not default_storage.exists(run_files.checkpoint_name(run.pk, 1, 3))
+    assert Run.objects.get(pk=run.pk).checkpoint_file.name == ""
+
+
+def test_a_new_checkpoint_replaces_the_older_ones_but_never_a_later_attempts(
+    run, clock, checkpoint, tmp_path
+):
+    later = run_files.checkpoint_name(run.pk, 2, 50)  # a later attempt's (this one lost)
+    default_storage.save(later, ContentFile(b"later"))
+    reporter = _reporter(run, clock)
+    reporter.on_start({"start_iteration": 0, "total_iterations": 10})
+    reporter.on_checkpoint(2, checkpoint)
+    reporter.on_checkpoint(4, checkpoint)
+    assert sorted(run_files.stored_files(run.pk)) == sorted(
+        [run_files.checkpoint_name(run.pk, 1, 4), later]
+    )
+
+
+# -- evaluations: buffered like points, keyed like points --------------------------------------
+def test_a_validation_repeated_at_the_same_iteration_replaces_its_row(run, clock):
+    reporter = _reporter(run, clock)
+    reporter.on_validation(50, _eval_result(accuracy=0.5, split="test"))
+    reporter.on_validation(50, _eval_result(accuracy=0.7, split="test"))
+    rows = list(Evaluation.objects.filter(run=run).values_list("split", "iteration", "accuracy"))
+    assert rows == [("test", 50, 0.7)]
+
+
+def test_a_resume_forgets_validations_on_the_test_split_after_its_checkpoint(run, clock):
+    """Every Omniglot preset validates on the test classes (validation_classes=0): killed after
+    the validation at 50, resumed from the checkpoint at 0, the validation at 50 is run again
+    and must not give a second row."""
+    first = _reporter(run, clock)
+    first.on_validation(50, _eval_result(split="test"))
+    resumed = _reporter(run, clock)
+    resumed.on_start({"start_iteration": 0, "total_iterations": 200})
+    assert not Evaluation.objects.filter(run=run).exists()
+    resumed.on_validation(50, _eval_result(split="test"))
+    assert Evaluation.objects.filter(run=run, split="test", iteration=50).count() == 1
+
+
+def _refuse_everything(execute, sql, params, many, context):
+    raise OperationalError("connection refused")
+
+
+@pytest.mark.django_db(transaction=True)  # the reporter closes the failed connection
+def test_evaluations_made_during_an_outage_are_stored_when_it_ends(run, clock):
+    reporter = _reporter(run, clock)
+    reporter.on_start({"start_iteration": 0, "total_iterations": 100})
+    with connection.execute_wrapper(_refuse_everything):
+        for i in range(1, 21):
+            clock.now += 1
+            reporter.on_iteration(i, _metrics(i))
+            if i % 10 == 0:
+                reporter.on_validation(i, _eval_result(accuracy=i / 100))
+            reporter.should_stop()
+    clock.now += 60
+    reporter.on_iteration(21, _metrics(21))
+    assert list(
+        Evaluation.objects.filter(run=run).order_by("iteration").values_list("iteration", flat=True)
+    ) == [10, 20]
+    assert list(_points(run)) == list(range(1, 22))
+    assert list(_points(run, "validation_accuracy")) == [10, 20]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_during_an_outage_it_backs_off_instead_of_hammering_the_server(run, clock, caplog):
+    reporter = _reporter(run, clock, heartbeat_seconds=0.01, cancel_poll_seconds=0.01)
+    tries = []
+
+    def refuse(execute, sql, params, many, context):
+        tries.append(clock.now)
+        raise OperationalError("connection refused")
+
+    with connection.execute_wrapper(refuse):
+        for i in range(1, 3001):  # 30 s of training, a call every 10 ms
+            clock.now += 0.01
+            reporter.on_iteration(i, _metrics(i))
+            reporter.should_stop()
+    # Waits of 0.5, 1, 2, 4, 8, 16 s between tries (each try: one reconnect and retry).
+    assert len(tries) <= 16
+    warnings = [r for r in caplog.records if "database unreachable" in r.getMessage()]
+    assert len(warnings) == 1
+    assert reporter.stop_reason is None  # an outage alone does not stop a run
+
+
+# -- the heartbeat means progress ---------------------------------------------------------------
+@pytest.mark.django_db(transaction=True)
+def test_keep_alive_stops_stamping_once_the_loop_reports_progress(run):
+    """After the first progress report only progress stamps the heartbeat: a loop that then
+    hangs (its task workers stopped) goes stale although its process is alive."""
+    reporter = DbReporter(run, 1, heartbeat_seconds=0.05)
+    with reporter.keep_alive(max_silence_seconds=30):
+        time.sleep(0.2)
+        reporter.heartbeat()  # the first evaluation task finished
+        time.sleep(0.2)
+        Run.objects.filter(pk=run.pk).update(heartbeat_at=None)
+        time.sleep(0.3)  # hung
+        assert Run.objects.get(pk=run.pk).heartbeat_at is None

@@ -8,10 +8,10 @@ from django.core.files.storage import default_storage
 from safetensors.torch import load_file
 
 import metatrain
-from webapp.experiments import services, workers
+from webapp.experiments import run_files, services, workers
 from webapp.experiments.models import Evaluation, MetricPoint, Run, RunAttempt
 from webapp.experiments.reporter import DbReporter
-from webapp.experiments.tasks import run_dir, supervise_runs, train_run
+from webapp.experiments.tasks import supervise_runs, train_run
 
 # Committed transactions, as in a worker: the reporter's keep-alive thread has its own
 # database connection and must see the claimed run.
@@ -59,8 +59,14 @@ def test_it_trains_a_queued_run_to_succeeded_with_metrics_evaluation_and_files(s
     attempt = RunAttempt.objects.get(run=run)
     assert (attempt.outcome, attempt.start_iteration) == (Run.Status.SUCCEEDED, 0)
 
-    assert run.initialization.name == f"runs/{run.pk}/initialization.safetensors"
-    assert run.config_file.name == f"runs/{run.pk}/config.json"
+    assert run.initialization.name == f"runs/{run.pk}/attempt-1/initialization.safetensors"
+    assert run.config_file.name == f"runs/{run.pk}/attempt-1/config.json"
+    # Succeeded: nothing resumes it, so its checkpoints and this host's scratch folder are gone.
+    assert run.checkpoint_file.name == ""
+    assert sorted(run_files.stored_files(run.pk)) == sorted(
+        [run.initialization.name, run.config_file.name]
+    )
+    assert not run_files.attempt_dir(run.pk, 1).exists()
     tensors = load_file(default_storage.path(run.initialization.name))
     model = metatrain.load_initialization(default_storage.path(run.initialization.name))
     assert set(tensors) == set(model.state_dict())
@@ -90,7 +96,7 @@ def test_a_missing_or_cancelled_run_is_not_trained(sine_run, settings):
     services.request_cancel(sine_run)
     assert train_run(sine_run.pk) == "not-claimed"
     assert Run.objects.get(pk=sine_run.pk).status == Run.Status.CANCELLED
-    assert not run_dir(sine_run).exists()
+    assert not run_files.legacy_run_dir(sine_run.pk).exists()
 
 
 def test_a_run_that_raises_fails_with_the_error_and_its_traceback(owner, tmp_path, monkeypatch):
@@ -130,7 +136,10 @@ def test_a_run_stopped_by_shutdown_goes_back_to_the_queue_and_resumes(sine_run, 
     assert (run.status, run.checkpoint_iteration, run.worker) == (Run.Status.QUEUED, 7, "")
     assert "worker shut down at iteration 7" in run.status_reason
     assert _steps(run, "inner_loss") == list(range(1, 8))
-    assert (run_dir(run) / "checkpoint.pt").exists()
+    # The checkpoint is in storage, where any host resumes from; this host's folder is gone.
+    assert run.checkpoint_file.name == run_files.checkpoint_name(run.pk, 1, 7)
+    assert default_storage.exists(run.checkpoint_file.name)
+    assert not run_files.attempt_dir(run.pk, 1).exists()
 
     assert train_run(sine_run.pk) == Run.Status.SUCCEEDED
     run.refresh_from_db()
@@ -147,9 +156,11 @@ class _Killed(BaseException):
 def test_a_worker_killed_between_a_checkpoint_file_and_its_record_leaves_no_gap(
     owner, tiny_sine, monkeypatch, settings
 ):
-    """The race CI once caught: SIGKILL after checkpoint.pt at iteration 5 was written but
-    before the database heard of it. The next attempt resumes from the file, so every point
-    up to 5 must already be stored (no validation at 5 flushes them by chance)."""
+    """SIGKILL after checkpoint.pt at iteration 5 was written on the worker's disk but before
+    it was uploaded and recorded. Every point up to 5 is already stored (no validation at 5
+    flushes them by chance); the next attempt, on any host, resumes from the last recorded
+    checkpoint (none: the start), trains 1-5 again and overwrites their points: no gap, no
+    duplicate."""
     config = {**tiny_sine, "checkpoint_interval": 5}
     run = services.create_experiment(owner, name="sine", config=config, seeds=[3]).runs.get()
     original = DbReporter.on_checkpoint
@@ -171,7 +182,8 @@ def test_a_worker_killed_between_a_checkpoint_file_and_its_record_leaves_no_gap(
     assert train_run(run.pk) == Run.Status.SUCCEEDED
     assert _steps(run, "inner_loss") == list(range(1, 21))
     attempts = list(RunAttempt.objects.filter(run=run).values_list("outcome", "start_iteration"))
-    assert attempts == [("lost", 0), (Run.Status.SUCCEEDED, 5)]
+    assert attempts == [("lost", 0), (Run.Status.SUCCEEDED, 0)]
+    assert MetricPoint.objects.filter(run=run, name="inner_loss").count() == 20
 
 
 def test_a_cpu_run_trains_with_the_configured_number_of_torch_threads(sine_run, settings):

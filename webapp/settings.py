@@ -313,6 +313,9 @@ RUN_REDISPATCH_AFTER_SECONDS = env_int("RUN_REDISPATCH_AFTER_SECONDS", 10 * 60)
 # advance. Only where the library really works without reporting (loading a dataset, building
 # the model, before the first iteration) does a thread stamp it, for at most this long.
 RUN_SILENT_PHASE_SECONDS = env_int("RUN_SILENT_PHASE_SECONDS", 30 * 60)
+# How often a worker's main process reports itself alive (with its device's figures) and looks
+# for stuck pool children.
+WORKER_HEARTBEAT_SECONDS = env_int("WORKER_HEARTBEAT_SECONDS", 15)
 # A worker process still busy with a run this long after the run was declared lost is stuck
 # (a hung kernel, a stopped task worker): its worker kills it, and Celery starts a fresh one.
 RUN_RECYCLE_GRACE_SECONDS = env_int("RUN_RECYCLE_GRACE_SECONDS", 60)

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 TRAIN_TASK = "webapp.experiments.tasks.train_run"
 # A worker whose row was refreshed this recently is alive (it refreshes every 15 s).
-WORKER_ALIVE_SECONDS = 60
+WORKER_ALIVE_SECONDS = max(60, 4 * settings.WORKER_HEARTBEAT_SECONDS)
 
 
 def queue_name(run_queue: str) -> str:

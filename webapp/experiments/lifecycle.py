@@ -188,8 +188,9 @@ def mark_stale_runs_lost(now: datetime | None = None) -> list[int]:
         age = (now - last).total_seconds()
         # The heartbeat means progress: a worker that still reports itself alive but whose
         # run stopped advancing is stuck (a hung kernel, a stopped task worker), not gone.
+        alive_within = max(limit, 4 * settings.WORKER_HEARTBEAT_SECONDS)
         worker_alive = Worker.objects.filter(
-            hostname=run.worker, last_seen__gte=now - timedelta(seconds=limit)
+            hostname=run.worker, last_seen__gte=now - timedelta(seconds=alive_within)
         ).exists()
         what = "stalled: no progress" if worker_alive else "no heartbeat"
         reason = (

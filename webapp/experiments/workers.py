@@ -29,8 +29,8 @@ from . import devices
 logger = logging.getLogger(__name__)
 
 # How often the main process refreshes Worker.last_seen (and its device's figures) and looks
-# for pool children stuck in lost runs.
-WORKER_HEARTBEAT_SECONDS = 15
+# for pool children stuck in lost runs (WORKER_HEARTBEAT_SECONDS, default 15).
+WORKER_HEARTBEAT_SECONDS = settings.WORKER_HEARTBEAT_SECONDS
 # How often it removes this host's scratch folders of attempts that are over.
 SWEEP_SECONDS = 10 * 60
 # Queues whose consumers train runs (a worker on only `default` runs the periodic tasks).

@@ -307,7 +307,7 @@ def test_field_specs_describe_every_field_with_its_kind_choices_and_help():
     assert specs["ways"][:2] == ("int", None)
     assert specs["inner_lr"][0] == "float" and specs["keep_adam_state"][0] == "bool"
     assert specs["data_dir"][0] == "optstr"
-    for name, (kind, choices, help_text) in specs.items():
+    for name, (_kind, choices, help_text) in specs.items():
         value = getattr(Config(), name)
         assert help_text, name
         if choices is not None:

@@ -11,6 +11,7 @@ from ninja import Path, Query, Router, Status
 
 from webapp.experiments import services
 from webapp.experiments.access import get_experiment_for_user
+from webapp.experiments.filtering import OWNER_ME
 from webapp.experiments.models import Experiment, Run
 
 from .auth import user_of
@@ -70,12 +71,16 @@ def create_experiment(request: HttpRequest, payload: ExperimentIn):
 @router.get("", response=ExperimentPage, summary="List experiments, newest first")
 def list_experiments(
     request: HttpRequest,
-    owner: Annotated[Text | None, Query(max_length=150, description="username")] = None,
+    owner: Annotated[
+        Text | None, Query(max_length=150, description="a username, or `me` for your own")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=PAGE_LIMIT_MAX)] = 50,
     offset: Annotated[int, Query(ge=0, le=INT32_MAX)] = 0,
 ):
     experiments = Experiment.objects.all()
-    if owner:
+    if owner == OWNER_ME:  # as the runs list and the runs page
+        experiments = experiments.filter(owner=user_of(request))
+    elif owner:
         experiments = experiments.filter(owner__username=owner)
     count = experiments.count()
     page = _with_runs(experiments)[offset : offset + limit]

@@ -150,8 +150,8 @@ class RunOut(Schema):
     started_at: datetime | None
     finished_at: datetime | None
     heartbeat_at: datetime | None
-    test_accuracy: float | None = Field(description="fraction 0..1 (not percent)")
-    test_ci95: float | None = Field(description="95% CI half-width, fraction 0..1")
+    test_accuracy: float | None = Field(description="fraction 0..1 (not percent), 6 decimals")
+    test_ci95: float | None = Field(description="95% CI half-width, fraction 0..1, 6 decimals")
     test_tasks: int | None
     has_initialization: bool
     user_dataset: int | None = Field(description="id of the uploaded dataset it trains on")
@@ -234,7 +234,9 @@ class ExperimentPage(Schema):
 
 class SeriesOut(Schema):
     steps: list[int]
-    values: list[float | None] = Field(description="value at each step (bucket's last step)")
+    values: list[float | None] = Field(
+        description="value at each step (bucket's last step), 7 significant digits"
+    )
     min: list[float | None]
     max: list[float | None]
     last_step: int | None
@@ -251,8 +253,8 @@ class EvaluationOut(Schema):
     id: int
     split: str
     iteration: int
-    accuracy: float | None = Field(description="fraction 0..1")
-    ci95: float | None = Field(description="95% CI half-width, fraction 0..1")
+    accuracy: float | None = Field(description="fraction 0..1, 6 decimals")
+    ci95: float | None = Field(description="95% CI half-width, fraction 0..1, 6 decimals")
     tasks: int
     ways: int | None
     shots: int | None
@@ -267,8 +269,8 @@ class LeaderboardRowOut(Schema):
     rank: int
     label: str
     is_reference: bool = Field(description="the paper's published number, not a run")
-    accuracy: float = Field(description="fraction 0..1")
-    ci95: float | None = Field(description="95% CI half-width, fraction 0..1")
+    accuracy: float = Field(description="fraction 0..1, 6 decimals")
+    ci95: float | None = Field(description="95% CI half-width, fraction 0..1, 6 decimals")
     tasks: int | None
     tied_with_leader: bool = Field(description="95% interval overlaps the leader's")
     run_id: int | None

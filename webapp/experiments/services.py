@@ -16,18 +16,16 @@ from webapp.datasets.models import UserDataset
 from webapp.datasets.services import dataset_data_dir
 
 from . import quotas
+from .dataset_checks import DB_PK_MAX, check_dataset_fits, get_user_dataset
 from .dispatch import enqueue_on_commit
 from .errors import QuotaExceeded, ServiceError, ValidationFailed
 from .models import Experiment, Queue, Run
 from .validation import (
     DB_INT_MAX,
-    DB_PK_MAX,
     MAX_DESCRIPTION,
     MAX_NAME,
     MAX_PRESET,
     MAX_SEEDS,
-    check_dataset_fits,
-    get_user_dataset,
     validate_experiment,
 )
 

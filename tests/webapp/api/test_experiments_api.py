@@ -170,12 +170,14 @@ def test_it_lists_experiments_newest_first_with_pagination_and_owner_filter(
 
     everything = api.get(URL).json()
     mine = api.get(URL, {"owner": "owner", "limit": 1}).json()
+    also_mine = api.get(URL, {"owner": "me", "limit": 1}).json()
     second_page = api.get(URL, {"owner": "owner", "limit": 1, "offset": 1}).json()
 
     assert everything["count"] == 3
     assert [e["name"] for e in everything["items"]] == ["last", "theirs", "first"]
     assert [e["can_change"] for e in everything["items"]] == [True, False, True]
     assert mine["count"] == 2 and [e["id"] for e in mine["items"]] == [last.pk]
+    assert also_mine == mine  # `me` is the caller, as in the runs list
     assert [r["seed"] for r in mine["items"][0]["runs"]] == [4, 5]
     assert [e["id"] for e in second_page["items"]] == [first.pk]
 

@@ -23,6 +23,7 @@ __all__ = [
     "PRESETS",
     "preset",
     "validate_against_data",
+    "field_specs",
     "OMNIGLOT_CLASS_COUNTS",
     "OMNIGLOT_IMAGES_PER_CLASS",
 ]
@@ -229,6 +230,20 @@ class Config:
         if self.algorithm == "fomaml":
             return self.train_shots + self.fomaml_tail_shots
         return self.train_shots
+
+
+def field_specs() -> dict[str, tuple[str, tuple[str, ...] | None, str]]:
+    """Every Config field, in declaration order: ``name -> (kind, choices, help)``.
+
+    ``kind`` is ``"int"``, ``"float"``, ``"bool"``, ``"str"`` or ``"optstr"`` (a string or
+    None); ``choices`` the allowed values of an enum-like field, else None; ``help`` the line of
+    ``Config.FIELD_HELP``. For front ends that build their inputs from the library (the
+    dashboard's form) without reading its private tables.
+    """
+    return {
+        f.name: (_SPEC[f.name][0], _SPEC[f.name][1], _FIELD_HELP.get(f.name, ""))
+        for f in dataclasses.fields(Config)
+    }
 
 
 def _check_type(name: str, value: Any) -> Any:

@@ -363,3 +363,39 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
 }
+
+# ------------------------------------------------------------------------------------------
+# Per-user quotas of a shared server (webapp/experiments/quotas.py), and database outages
+# ------------------------------------------------------------------------------------------
+# Checked when runs or a dataset are created, in the same transaction, with the user's row
+# locked: the form and the API refuse alike, naming the limit, the usage and what to do.
+# 0 means no limit. Staff are exempt (they run the server and can change these), except from
+# QUOTA_MAX_META_ITERS_PER_RUN, a bound on one run against a typo holding a worker for days.
+# Open sign-up is ALLOW_SIGNUP (Auth, above): on a shared server consider turning it off.
+
+
+def env_quota(name: str, default: int) -> int:
+    value = env_int(name, default)
+    if value < 0:
+        raise ImproperlyConfigured(f"{name}={value}: a limit is a whole number >= 0 (0: none)")
+    return value
+
+
+# Runs queued, running or lost (a lost run resumes), per user. 20 seeds fit in one experiment.
+QUOTA_MAX_ACTIVE_RUNS = env_quota("QUOTA_MAX_ACTIVE_RUNS", 50)
+# Of those, runs waiting for a worker (queued or lost).
+QUOTA_MAX_QUEUED_RUNS = env_quota("QUOTA_MAX_QUEUED_RUNS", 40)
+# meta_iters of one run, for everyone. The paper's largest preset (Omniglot 20-way) has 200,000.
+QUOTA_MAX_META_ITERS_PER_RUN = env_quota("QUOTA_MAX_META_ITERS_PER_RUN", 1_000_000)
+# Meta-iterations the user's active runs still have to do, all together (a stand-in for
+# GPU-hours that is known before a run starts): 50 runs of the largest preset.
+QUOTA_MAX_ACTIVE_META_ITERS = env_quota("QUOTA_MAX_ACTIVE_META_ITERS", 10_000_000)
+# Uploaded datasets per user (rejected ones do not count), and their total size: extracted
+# size once ready, the archive's size until then.
+QUOTA_MAX_DATASETS = env_quota("QUOTA_MAX_DATASETS", 20)
+QUOTA_MAX_DATASET_BYTES = env_quota("QUOTA_MAX_DATASET_BYTES", 10 * 1024**3)
+
+# The database unreachable (OperationalError, InterfaceError): the API answers a JSON 503 and
+# pages a plain 503 page, both with Retry-After in seconds (webapp/outage.py).
+OUTAGE_RETRY_AFTER_SECONDS = env_quota("OUTAGE_RETRY_AFTER_SECONDS", 30)
+MIDDLEWARE = [*MIDDLEWARE, "webapp.outage.DatabaseOutageMiddleware"]

@@ -295,3 +295,20 @@ def test_validate_against_data_rejects_the_wrong_channel_count():
 
 
 _PINNED_DEFAULT_HASH = "560b129c6683d180e4a416632e21c632335f253f5f6ee13f243412125e219d0c"
+
+
+def test_field_specs_describe_every_field_with_its_kind_choices_and_help():
+    from metatrain.config import field_specs
+
+    specs = field_specs()
+
+    assert list(specs) == list(Config().to_dict())
+    assert specs["algorithm"] == ("str", ("reptile", "fomaml"), Config.FIELD_HELP["algorithm"])
+    assert specs["ways"][:2] == ("int", None)
+    assert specs["inner_lr"][0] == "float" and specs["keep_adam_state"][0] == "bool"
+    assert specs["data_dir"][0] == "optstr"
+    for name, (_kind, choices, help_text) in specs.items():
+        value = getattr(Config(), name)
+        assert help_text, name
+        if choices is not None:
+            assert value in choices, name

@@ -141,3 +141,21 @@ def test_a_bad_worker_task_workers_value_is_refused_with_the_expected_form(raw):
     assert f"WORKER_TASK_WORKERS={raw.lower()!r}: expected 'auto' or a whole number >= 1" in (
         result.stderr
     )
+
+
+def test_quotas_are_read_from_the_environment_and_zero_means_none():
+    code = "import webapp.settings as s; print(s.QUOTA_MAX_ACTIVE_RUNS, s.QUOTA_MAX_DATASETS)"
+
+    result = python(code, QUOTA_MAX_ACTIVE_RUNS="7", QUOTA_MAX_DATASETS="0")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["7", "0"]
+
+
+@pytest.mark.parametrize("raw", ["-1", "many"])
+def test_a_bad_quota_is_refused_at_start(raw):
+    result = python("import webapp.settings", QUOTA_MAX_QUEUED_RUNS=raw)
+
+    assert result.returncode == 1
+    assert f"QUOTA_MAX_QUEUED_RUNS={raw}" in result.stderr or raw in result.stderr
+    assert "ImproperlyConfigured" in result.stderr

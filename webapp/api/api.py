@@ -1,13 +1,10 @@
-"""The NinjaAPI instance: authentication, strict JSON parsing, and one error format.
+"""The NinjaAPI instance: its description, authentication, strict JSON, one error format.
 
-Errors: 422 `{"detail": [{"field": ..., "message": ...}]}` for invalid input (the field is a
-top-level key, `seeds.3`, or `overrides.<config field>`); every other 4xx is
-`{"detail": "message"}`: 400 unparsable JSON (NaN and Infinity included), 401 no valid token or
-session, 403 not the owner (or a session write without CSRF), 404 unknown, 409 a state that
-forbids the change, 413 too large a body.
+The description below is what API users read (in /api/openapi.json); error handlers turn the
+service layer's refusals (webapp.experiments.errors) and database outages into the documented
+answers.
 
-No interactive docs: ninja's Swagger UI loads from a CDN, which this project never uses. The
-OpenAPI schema is served at /api/openapi.json.
+No interactive docs: ninja's Swagger UI loads from a CDN, which this project never uses.
 """
 
 from __future__ import annotations
@@ -17,13 +14,16 @@ import math
 from typing import Any
 
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import ValidationError
 from ninja.parser import Parser
 from ninja.renderers import JSONRenderer
 
-from webapp.experiments.services import ConfigError, ServiceError
+from webapp.experiments.errors import QuotaExceeded, ServiceError, ValidationFailed
+from webapp.experiments.services import ConfigError
+from webapp.outage import outage_response
 
 from . import datasets, experiments, leaderboard, presets, runs
 from .auth import API_AUTH
@@ -68,10 +68,45 @@ class StrictJSONRenderer(JSONRenderer):
             return json.dumps(_json_safe(data), cls=self.encoder_class, allow_nan=False)
 
 
+DESCRIPTION = """\
+Define few-shot meta-learning experiments (Reptile, first-order MAML) and follow their runs: the
+same operations as the dashboard's pages, checked by the same code.
+
+**Authentication.** `Authorization: Bearer <token>` (create a token on your profile page, or
+`manage.py create_api_token`), or the dashboard's session cookie, in which case a write also needs
+the `X-CSRFToken` header. Any authenticated user may read every experiment and run; only its
+owner (or staff) may cancel or delete it.
+
+**Errors.** Every error body has a `detail`:
+- 400: the body is not strict JSON (NaN and Infinity included);
+- 401: no valid token or session; 403: not yours to change (or a session write without CSRF);
+- 404: unknown (or a private dataset of another user);
+- 409: the current state forbids it (a finished run, a running experiment), or one of your
+  quotas would be passed: then `quota`, `limit`, `usage` and `requested` say which and by how much;
+- 413: body too large;
+- 422: invalid input: `detail` lists **every** `{"field", "message"}` at once (`field` is a
+  top-level key, `seeds.0`, or `overrides.<config field>`; null for the request as a whole).
+  Wrong JSON types and unknown keys are reported first; once the shape is right, every value
+  error of the request comes in one answer, as the dashboard's form shows them;
+- 503: the database is unavailable; retry after `Retry-After` seconds.
+
+**Units.** Accuracies and their 95% confidence half-widths are fractions in 0..1, rounded to 6
+decimal places; other metric values to 7 significant digits (float32's precision).
+
+**Paths.** No answer contains a path on the server: configs never carry `data_dir`; a run on an
+uploaded dataset names it (`user_dataset`, `user_dataset_name`).
+
+**Lists** take `limit` (at most 200) and `offset`, and answer `count`, `limit`, `offset`,
+`items`. The runs list filters as the runs page does: `status`, `dataset`, `algorithm`, `owner`
+(a username, or `me`), `q` (`search` is its old name), `sort`.
+
+The OpenAPI schema is served at /api/openapi.json.
+"""
+
 api = NinjaAPI(
     title="metatrain dashboard API",
     version="1",
-    description=__doc__,
+    description=DESCRIPTION,
     auth=API_AUTH,
     docs_url=None,
     parser=StrictJSONParser(),
@@ -133,20 +168,45 @@ def _field_errors(request: HttpRequest, exc: FieldErrors) -> HttpResponse:
     return _errors(request, exc.errors)
 
 
+def _api_field(field: str | None) -> str | None:
+    """A service field name as the API names it: config fields live in `overrides`."""
+    if field is not None and field not in ExperimentIn.model_fields:
+        return f"overrides.{field}"
+    return field
+
+
 @api.exception_handler(ConfigError)
 def _config_error(request: HttpRequest, exc: ConfigError) -> HttpResponse:
     message = getattr(exc, "message", None) or str(exc)
     return _errors(request, [(f"overrides.{exc.field}", message)])
 
 
+@api.exception_handler(ValidationFailed)
+def _validation_failed(request: HttpRequest, exc: ValidationFailed) -> HttpResponse:
+    return _errors(request, [(_api_field(field), message) for field, message in exc.errors])
+
+
+@api.exception_handler(QuotaExceeded)
+def _quota_exceeded(request: HttpRequest, exc: QuotaExceeded) -> HttpResponse:
+    body = {
+        "detail": str(exc),
+        "quota": exc.quota,
+        "limit": exc.limit,
+        "usage": exc.usage,
+        "requested": exc.requested,
+    }
+    return api.create_response(request, body, status=409)
+
+
 @api.exception_handler(ServiceError)
 def _service_error(request: HttpRequest, exc: ServiceError) -> HttpResponse:
-    # The service names config fields bare ("seed", "data_dir"); in the API they live in
-    # `overrides`.
-    field = exc.field
-    if field is not None and field not in ExperimentIn.model_fields:
-        field = f"overrides.{field}"
-    return _errors(request, [(field, str(exc))])
+    return _errors(request, [(_api_field(exc.field), str(exc))])
+
+
+@api.exception_handler(OperationalError)
+@api.exception_handler(InterfaceError)
+def _database_unavailable(request: HttpRequest, exc: Exception) -> HttpResponse:
+    return outage_response(request, exc)
 
 
 @api.exception_handler(PermissionDenied)

@@ -17,7 +17,8 @@ from ninja import Path, Query, Router
 from webapp.datasets.access import get_dataset_for_user, usable_datasets
 
 from .auth import user_of
-from .schemas import INT32_MAX, PAGE_LIMIT_MAX, PK_MAX, DatasetOut, DatasetPage, dataset_data
+from .outputs import dataset_data
+from .schemas import INT32_MAX, PAGE_LIMIT_MAX, PK_MAX, DatasetOut, DatasetPage
 
 router = Router()
 

@@ -9,12 +9,13 @@ from django.db.models import Prefetch
 from django.http import HttpRequest
 from ninja import Path, Query, Router, Status
 
-from metatrain import PRESETS
 from webapp.experiments import services
 from webapp.experiments.access import get_experiment_for_user
+from webapp.experiments.filtering import OWNER_ME
 from webapp.experiments.models import Experiment, Run
 
 from .auth import user_of
+from .outputs import experiment_data
 from .schemas import (
     INT32_MAX,
     PAGE_LIMIT_MAX,
@@ -23,9 +24,9 @@ from .schemas import (
     ExperimentPage,
     FieldErrors,
     MessageOut,
+    QuotaErrorOut,
     Text,
     ValidationErrorOut,
-    experiment_data,
 )
 
 router = Router()
@@ -34,33 +35,29 @@ ExperimentId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
 def _with_runs(queryset):
-    return queryset.select_related("owner").prefetch_related(
+    return queryset.select_related("owner", "user_dataset").prefetch_related(
         Prefetch("runs", queryset=Run.objects.order_by("id"))
     )
 
 
 @router.post(
     "",
-    response={201: ExperimentOut, 422: ValidationErrorOut},
+    response={201: ExperimentOut, 409: QuotaErrorOut, 422: ValidationErrorOut},
     summary="Create an experiment: one queued run per seed",
 )
 def create_experiment(request: HttpRequest, payload: ExperimentIn):
-    """The config is the preset (if any) with `overrides` applied; it is validated in full
-    before anything is saved, and the runs are queued once the transaction commits."""
-    config: dict = {}
-    if payload.preset:
-        if payload.preset not in PRESETS:
-            known = ", ".join(PRESETS)
-            raise FieldErrors([("preset", f"Unknown preset {payload.preset!r}; known: {known}.")])
-        config = {k: v for k, v in PRESETS[payload.preset].items() if k != "seed"}
-    config.update(payload.overrides)
+    """The config is the preset (if any) with `overrides` applied. Everything is checked by
+    the same service as the browser form, and every error is reported in one 422 (config
+    fields as `overrides.<field>`). A request that would pass one of your quotas is refused
+    with 409, naming the limit and your usage. Nothing is saved unless all is well; the runs
+    are queued once the transaction commits."""
     try:
         experiment = services.create_experiment(
             user_of(request),
             name=payload.name,
             description=payload.description,
             preset=payload.preset,
-            config=config,
+            config=payload.overrides,
             seeds=payload.seeds,
             queue=payload.queue,
             user_dataset=payload.user_dataset,
@@ -74,12 +71,16 @@ def create_experiment(request: HttpRequest, payload: ExperimentIn):
 @router.get("", response=ExperimentPage, summary="List experiments, newest first")
 def list_experiments(
     request: HttpRequest,
-    owner: Annotated[Text | None, Query(max_length=150, description="username")] = None,
+    owner: Annotated[
+        Text | None, Query(max_length=150, description="a username, or `me` for your own")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=PAGE_LIMIT_MAX)] = 50,
     offset: Annotated[int, Query(ge=0, le=INT32_MAX)] = 0,
 ):
     experiments = Experiment.objects.all()
-    if owner:
+    if owner == OWNER_ME:  # as the runs list and the runs page
+        experiments = experiments.filter(owner=user_of(request))
+    elif owner:
         experiments = experiments.filter(owner__username=owner)
     count = experiments.count()
     page = _with_runs(experiments)[offset : offset + limit]

@@ -7,7 +7,8 @@ from ninja import Router
 
 from webapp.experiments import leaderboard
 
-from .schemas import BoardOut, LeaderboardOut, board_data
+from .outputs import board_data
+from .schemas import BoardOut, LeaderboardOut
 
 router = Router()
 

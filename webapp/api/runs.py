@@ -1,34 +1,36 @@
 """/api/runs: list with filters, read, cancel, metric series, evaluations and downloads.
 
 Every run is fetched through `webapp.experiments.access` (404 unknown, 403 changing another
-user's run). Any authenticated user may read any run: results are meant to be compared.
+user's run). Any authenticated user may read any run: results are meant to be compared. The
+list's filters are the runs page's (webapp.experiments.filtering), the cancel rule is the run
+page's (services.cancel_run), and no answer shows a server path (data_dir).
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from django.db.models import Q
 from django.http import FileResponse, Http404, HttpRequest
 from ninja import Path, Query, Router, Status
 
 from webapp.experiments import metrics_series, services
-from webapp.experiments.access import get_run_for_user
+from webapp.experiments.access import get_run_for_user, visible_config
 from webapp.experiments.exports import metrics_csv_response
+from webapp.experiments.filtering import DEFAULT_SORT, SORTS, RunFilters, filter_runs
 from webapp.experiments.models import Run
 
 from .auth import user_of
+from .outputs import evaluation_data, run_data, run_detail_data, series_data
 from .schemas import (
     INT32_MAX,
     PAGE_LIMIT_MAX,
     EvaluationOut,
+    FieldErrors,
     MessageOut,
     MetricsOut,
     RunDetailOut,
     RunPage,
     Text,
-    run_data,
-    run_detail_data,
 )
 
 router = Router()
@@ -38,37 +40,44 @@ MAX_NAMES = 50
 RunId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
+SortKey = Literal[tuple(SORTS)]  # type: ignore[valid-type]
+
+
 @router.get("", response=RunPage, summary="List runs, newest first, with filters")
 def list_runs(
     request: HttpRequest,
     status: Annotated[Run.Status | None, Query()] = None,
     dataset: Annotated[Text | None, Query(max_length=32)] = None,
     algorithm: Annotated[Text | None, Query(max_length=16)] = None,
-    owner: Annotated[Text | None, Query(max_length=150, description="username")] = None,
-    search: Annotated[
-        Text | None, Query(max_length=200, description="experiment name or text")
+    owner: Annotated[
+        Text | None, Query(max_length=150, description="a username, or `me` for your own")
     ] = None,
+    q: Annotated[
+        Text | None,
+        Query(max_length=200, description="text in the experiment's name or description"),
+    ] = None,
+    search: Annotated[
+        Text | None,
+        Query(max_length=200, deprecated=True, description="the old name of `q`"),
+    ] = None,
+    sort: Annotated[SortKey, Query(description="as on the runs page")] = DEFAULT_SORT,
     limit: Annotated[int, Query(ge=1, le=PAGE_LIMIT_MAX)] = 50,
     offset: Annotated[int, Query(ge=0, le=INT32_MAX)] = 0,
 ):
-    runs = Run.objects.select_related("experiment__owner")
-    if status:
-        runs = runs.filter(status=status)
-    if dataset:
-        runs = runs.filter(dataset=dataset)
-    if algorithm:
-        runs = runs.filter(algorithm=algorithm)
-    if owner:
-        runs = runs.filter(experiment__owner__username=owner)
-    if search and search.strip():
-        text = search.strip()
-        runs = runs.filter(
-            Q(experiment__name__icontains=text) | Q(experiment__description__icontains=text)
-        )
-    count = runs.count()
+    """The runs page's filters under the same names (`q` as on the page; `search`, its old
+    name here, still works when `q` is absent)."""
     user = user_of(request)
+    filters = RunFilters(
+        status=status or "",
+        dataset=dataset or "",
+        algorithm=algorithm or "",
+        owner=owner or "",
+        q=(q if q is not None else search) or "",
+        sort=sort,
+    )
+    runs = filter_runs(user, filters)
     return {
-        "count": count,
+        "count": runs.count(),
         "limit": limit,
         "offset": offset,
         "items": [run_data(run, user) for run in runs[offset : offset + limit]],
@@ -87,13 +96,15 @@ def get_run(request: HttpRequest, run_id: RunId):
 )
 def cancel_run(request: HttpRequest, run_id: RunId):
     """A queued or lost run is cancelled at once; a running one is asked to stop (it
-    checkpoints and ends `cancelled`, see `cancel_requested`). Cancelling a cancelled run is a
-    no-op; a succeeded or failed run cannot be cancelled (409)."""
+    checkpoints and ends `cancelled`, see `cancel_requested`). Cancelling a cancelled run
+    changes nothing (200); a succeeded or failed run cannot be cancelled (409). The run page's
+    button follows the same rule (`can_cancel`)."""
     user = user_of(request)
     run = get_run_for_user(user, run_id, for_change=True)
-    if run.status in (Run.Status.SUCCEEDED, Run.Status.FAILED):
-        return Status(409, {"detail": f"Run #{run.pk} already {run.status}; nothing to cancel."})
-    run = services.request_cancel(run)
+    try:
+        run = services.cancel_run(run)
+    except services.ServiceError as exc:
+        return Status(409, {"detail": str(exc)})
     return Status(200, run_detail_data(run, user))
 
 
@@ -121,11 +132,9 @@ def run_metrics(
         wanted = list(dict.fromkeys(n.strip() for item in names for n in item.split(",")))
         wanted = [n for n in wanted if n]
         if len(wanted) > MAX_NAMES or any(len(n) > 64 for n in wanted):
-            from .schemas import FieldErrors
-
             raise FieldErrors([("names", f"At most {MAX_NAMES} names of 64 characters.")])
     data = metrics_series.series(run, wanted, after_step=after_step, max_points=max_points)
-    return {"run": run.pk, "names": all_names, "series": data}
+    return {"run": run.pk, "names": all_names, "series": series_data(data)}
 
 
 @router.get(
@@ -133,7 +142,7 @@ def run_metrics(
 )
 def run_evaluations(request: HttpRequest, run_id: RunId):
     run = get_run_for_user(user_of(request), run_id)
-    return list(run.evaluations.order_by("iteration", "id"))
+    return [evaluation_data(e) for e in run.evaluations.order_by("iteration", "id")]
 
 
 @router.get(
@@ -170,8 +179,10 @@ def run_initialization(request: HttpRequest, run_id: RunId):
 
 @router.get("/{run_id}/config", response=dict, summary="The run's metatrain Config (JSON)")
 def run_config(request: HttpRequest, run_id: RunId):
-    """The complete config, seed included: `metatrain.Config.from_dict` rebuilds it."""
-    return get_run_for_user(user_of(request), run_id).config
+    """The config, seed included, without server paths (`data_dir`):
+    `metatrain.Config.from_dict` rebuilds it, reading its data from the default folder. The
+    uploaded dataset a run trains on is named in GET /api/runs/{id} (`user_dataset`)."""
+    return visible_config(get_run_for_user(user_of(request), run_id).config)
 
 
 @router.get(

@@ -1,9 +1,12 @@
 """Request and response shapes of the API.
 
-Inputs are strict: unknown keys are refused, integers are not strings or floats, floats must be
-finite, strings are bounded and may not hold NUL characters (PostgreSQL refuses them), and
-integers fit the database's 32-bit columns. Outputs state their units: accuracies and their 95%
-confidence half-widths are fractions in 0..1.
+Inputs are strict about their shape: unknown keys are refused, integers are not strings or
+floats, floats must be finite, query strings may not hold NUL characters (PostgreSQL refuses
+them). A new experiment's values (lengths, seeds, the preset, the queue, every config field)
+are checked by the service layer, the same function the browser form uses, which reports every
+error at once: their limits are documented in the schema but not enforced here, or a bad name
+would hide a bad learning rate. Outputs state their units: accuracies and their 95% confidence
+half-widths are fractions in 0..1, rounded to 6 decimal places.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from pydantic_core import PydanticCustomError
 INT32_MAX = 2**31 - 1
 PK_MAX = 2**63 - 1
 MAX_OVERRIDES = 100
-MAX_STRING = 1000
 PAGE_LIMIT_MAX = 200
 
 
@@ -38,18 +40,8 @@ def _no_nul(value: str) -> str:
 
 
 def _check_override(value: Any) -> Any:
-    """A config override is a JSON scalar: the Config validates its meaning afterwards."""
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        if len(value) > MAX_STRING:
-            raise PydanticCustomError("string_too_long", f"at most {MAX_STRING} characters")
-        return _no_nul(value)
-    if isinstance(value, int):
-        if abs(value) > INT32_MAX:
-            raise PydanticCustomError(
-                "int_out_of_range", f"integers must lie within +-{INT32_MAX:,}"
-            )
+    """A config override is a JSON scalar: the service checks its range and meaning."""
+    if value is None or isinstance(value, bool | int | str):
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -58,23 +50,15 @@ def _check_override(value: Any) -> Any:
     raise PydanticCustomError("override_type", "must be a number, string, boolean or null")
 
 
-def _bounded_str(max_length: int, min_length: int = 0):
-    return Annotated[
-        str,
-        Field(min_length=min_length, max_length=max_length),
-        AfterValidator(_no_nul),
-    ]
-
-
 OverrideValue = Annotated[
     Any,
     AfterValidator(_check_override),
     WithJsonSchema({"type": ["number", "integer", "string", "boolean", "null"]}),
 ]
-ConfigKey = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_no_nul)]
+# Any key: an unknown one is reported by the service with the other errors.
+ConfigKey = Annotated[str, WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 64})]
 # Any text that reaches a query: PostgreSQL refuses NUL characters with an error (a 500).
 Text = Annotated[str, AfterValidator(_no_nul)]
-Seed = Annotated[StrictInt, Field(ge=0, le=INT32_MAX)]
 
 
 class StrictSchema(Schema):
@@ -84,22 +68,37 @@ class StrictSchema(Schema):
 class ExperimentIn(StrictSchema):
     """A new experiment: a preset (optional) plus config overrides, run once per seed."""
 
-    name: Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_no_nul)]
-    description: _bounded_str(5000) = ""  # type: ignore[valid-type]
-    preset: _bounded_str(64) = Field(  # type: ignore[valid-type]
-        "", description="a name from GET /api/presets; empty: the Config defaults"
+    # Limits in json_schema_extra are documented here and enforced by the service.
+    name: str = Field(json_schema_extra={"minLength": 1, "maxLength": 200})
+    description: str = Field("", json_schema_extra={"maxLength": 5000})
+    preset: str = Field(
+        "",
+        description="a name from GET /api/presets; empty: the Config defaults",
+        json_schema_extra={"maxLength": 64},
     )
     overrides: dict[ConfigKey, OverrideValue] = Field(
         default_factory=dict,
         max_length=MAX_OVERRIDES,
-        description="metatrain Config fields to change (not `seed`: use `seeds`)",
+        description="metatrain Config fields to change (not `seed`: use `seeds`; not "
+        "`data_dir`: use `user_dataset`); integers within +-2,147,483,647",
     )
-    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1, max_length=20)
-    queue: Literal["gpu", "cpu", "any"] = "any"
-    user_dataset: Annotated[StrictInt, Field(ge=1, le=PK_MAX)] | None = Field(
+    seeds: list[StrictInt] = Field(
+        default_factory=lambda: [0],
+        description="one run per seed: 1 to 20 distinct whole numbers",
+        json_schema_extra={
+            "minItems": 1,
+            "maxItems": 20,
+            "items": {"type": "integer", "minimum": 0, "maximum": INT32_MAX},
+        },
+    )
+    queue: str = Field("any", json_schema_extra={"enum": ["gpu", "cpu", "any"]})
+    user_dataset: StrictInt | None = Field(
         None,
         description="id of an uploaded dataset to train on (GET /api/datasets lists those you "
         "may use); needs overrides.dataset (or the preset's) = imagefolder",
+        json_schema_extra={
+            "anyOf": [{"type": "integer", "minimum": 1, "maximum": PK_MAX}, {"type": "null"}]
+        },
     )
 
 
@@ -114,6 +113,14 @@ class ValidationErrorOut(Schema):
 
 class MessageOut(Schema):
     detail: str
+
+
+class QuotaErrorOut(Schema):
+    detail: str = Field(description="what the limit is, your usage, and what to do")
+    quota: str = Field(description="the server setting, e.g. QUOTA_MAX_ACTIVE_RUNS")
+    limit: int
+    usage: int = Field(description="what you have now, in the limit's unit")
+    requested: int = Field(description="what the refused request would add")
 
 
 class RunOut(Schema):
@@ -143,15 +150,20 @@ class RunOut(Schema):
     started_at: datetime | None
     finished_at: datetime | None
     heartbeat_at: datetime | None
-    test_accuracy: float | None = Field(description="fraction 0..1 (not percent)")
-    test_ci95: float | None = Field(description="95% CI half-width, fraction 0..1")
+    test_accuracy: float | None = Field(description="fraction 0..1 (not percent), 6 decimals")
+    test_ci95: float | None = Field(description="95% CI half-width, fraction 0..1, 6 decimals")
     test_tasks: int | None
     has_initialization: bool
+    user_dataset: int | None = Field(description="id of the uploaded dataset it trains on")
+    user_dataset_name: str | None = Field(
+        description="that dataset's name; null without one, or when it is private to another user"
+    )
     can_change: bool = Field(description="whether the caller may cancel or delete it")
+    can_cancel: bool = Field(description="whether a cancel would change it (queued, running, lost)")
 
 
 class RunDetailOut(RunOut):
-    config: dict[str, Any]
+    config: dict[str, Any] = Field(description="metatrain Config; never a server path (data_dir)")
     config_hash: str
 
 
@@ -168,11 +180,16 @@ class ExperimentOut(Schema):
     description: str
     preset: str
     owner: str
-    config: dict[str, Any] = Field(description="metatrain Config, seed excluded")
+    config: dict[str, Any] = Field(
+        description="metatrain Config, seed and server paths (data_dir) excluded"
+    )
     seeds: list[int]
     queue: str
     cloned_from: int | None
     user_dataset: int | None = Field(description="id of the uploaded dataset it trains on")
+    user_dataset_name: str | None = Field(
+        description="that dataset's name; null without one, or when it is private to another user"
+    )
     created_at: datetime
     can_change: bool
     runs: list[RunOut]
@@ -217,7 +234,9 @@ class ExperimentPage(Schema):
 
 class SeriesOut(Schema):
     steps: list[int]
-    values: list[float | None] = Field(description="value at each step (bucket's last step)")
+    values: list[float | None] = Field(
+        description="value at each step (bucket's last step), 7 significant digits"
+    )
     min: list[float | None]
     max: list[float | None]
     last_step: int | None
@@ -234,8 +253,8 @@ class EvaluationOut(Schema):
     id: int
     split: str
     iteration: int
-    accuracy: float | None = Field(description="fraction 0..1")
-    ci95: float | None = Field(description="95% CI half-width, fraction 0..1")
+    accuracy: float | None = Field(description="fraction 0..1, 6 decimals")
+    ci95: float | None = Field(description="95% CI half-width, fraction 0..1, 6 decimals")
     tasks: int
     ways: int | None
     shots: int | None
@@ -250,8 +269,8 @@ class LeaderboardRowOut(Schema):
     rank: int
     label: str
     is_reference: bool = Field(description="the paper's published number, not a run")
-    accuracy: float = Field(description="fraction 0..1")
-    ci95: float | None = Field(description="95% CI half-width, fraction 0..1")
+    accuracy: float = Field(description="fraction 0..1, 6 decimals")
+    ci95: float | None = Field(description="95% CI half-width, fraction 0..1, 6 decimals")
     tasks: int | None
     tied_with_leader: bool = Field(description="95% interval overlaps the leader's")
     run_id: int | None
@@ -285,129 +304,3 @@ class PresetOut(Schema):
 class PresetsOut(Schema):
     presets: list[PresetOut]
     field_help: dict[str, str] = Field(description="one line of help per Config field")
-
-
-# --- model -> response data ------------------------------------------------------------------
-
-
-def run_data(run, user) -> dict[str, Any]:
-    """A Run as RunOut data; `run.experiment.owner` should be select_related."""
-    from webapp.experiments.access import can_change
-
-    return {
-        "id": run.pk,
-        "experiment_id": run.experiment_id,
-        "experiment_name": run.experiment.name,
-        "owner": run.experiment.owner.get_username(),
-        "seed": run.seed,
-        "status": run.status,
-        "status_reason": run.status_reason,
-        "cancel_requested": run.cancel_requested,
-        "queue": run.queue,
-        "dataset": run.dataset,
-        "split": run.split,
-        "algorithm": run.algorithm,
-        "ways": run.ways,
-        "shots": run.shots,
-        "transductive": run.transductive,
-        "iteration": run.iteration,
-        "total_iterations": run.total_iterations,
-        "progress": run.progress,
-        "checkpoint_iteration": run.checkpoint_iteration,
-        "seconds_per_iteration": run.seconds_per_iteration,
-        "device": run.device,
-        "attempts": run.attempts,
-        "created_at": run.created_at,
-        "started_at": run.started_at,
-        "finished_at": run.finished_at,
-        "heartbeat_at": run.heartbeat_at,
-        "test_accuracy": run.test_accuracy,
-        "test_ci95": run.test_ci95,
-        "test_tasks": run.test_tasks,
-        "has_initialization": bool(run.initialization),
-        "can_change": can_change(user, run),
-    }
-
-
-def run_detail_data(run, user) -> dict[str, Any]:
-    return {**run_data(run, user), "config": run.config, "config_hash": run.config_hash}
-
-
-def experiment_data(experiment, user) -> dict[str, Any]:
-    """An Experiment with its runs; prefetch `runs` to avoid a query per experiment."""
-    from webapp.experiments.access import can_change
-
-    runs = sorted(experiment.runs.all(), key=lambda r: r.pk)
-    for run in runs:
-        run.experiment = experiment  # owner already loaded
-    return {
-        "id": experiment.pk,
-        "name": experiment.name,
-        "description": experiment.description,
-        "preset": experiment.preset,
-        "owner": experiment.owner.get_username(),
-        "config": experiment.config,
-        "seeds": experiment.seeds,
-        "queue": experiment.queue,
-        "cloned_from": experiment.cloned_from_id,
-        "user_dataset": experiment.user_dataset_id,
-        "created_at": experiment.created_at,
-        "can_change": can_change(user, experiment),
-        "runs": [run_data(run, user) for run in runs],
-    }
-
-
-def dataset_data(dataset, user) -> dict[str, Any]:
-    """A UserDataset as DatasetOut data; `dataset.owner` should be select_related."""
-    from webapp.datasets.access import can_change
-
-    return {
-        "id": dataset.pk,
-        "name": dataset.name,
-        "owner": dataset.owner.get_username(),
-        "is_public": dataset.is_public,
-        "status": dataset.status,
-        "usable": dataset.is_ready,
-        "reason": dataset.reason,
-        "layout": dataset.layout,
-        "train_classes": dataset.train_classes,
-        "val_classes": dataset.val_classes,
-        "test_classes": dataset.test_classes,
-        "max_ways": min(dataset.train_classes, dataset.val_classes, dataset.test_classes),
-        "images": dataset.images,
-        "min_class_images": dataset.min_class_images,
-        "uncompressed_bytes": dataset.uncompressed_bytes,
-        "created_at": dataset.created_at,
-        "finished_at": dataset.finished_at,
-        "can_change": can_change(user, dataset),
-    }
-
-
-def board_data(board) -> dict[str, Any]:
-    b = board.benchmark
-    return {
-        "key": board.key,
-        "title": board.title,
-        "dataset": b.dataset,
-        "split": b.split,
-        "ways": b.ways,
-        "shots": b.shots,
-        "transductive": b.transductive,
-        "rows": [
-            {
-                "rank": row.rank,
-                "label": row.label,
-                "is_reference": row.is_reference,
-                "accuracy": row.accuracy,
-                "ci95": row.ci95,
-                "tasks": row.tasks,
-                "tied_with_leader": row.tied_with_leader,
-                "run_id": row.run.pk if row.run else None,
-                "experiment_id": row.run.experiment_id if row.run else None,
-                "owner": row.run.experiment.owner.get_username() if row.run else None,
-                "seed": row.run.seed if row.run else None,
-                "algorithm": row.run.algorithm if row.run else None,
-            }
-            for row in board.rows
-        ],
-    }

@@ -3,7 +3,9 @@
 Every page needs a logged-in user and fetches datasets through `access`. The upload view only
 stores the zip and enqueues its processing; an oversize upload is refused from its
 Content-Length before the body is read, and a size-limit upload handler stops one that lied
-about it, so neither is written to storage.
+about it, so neither is written to storage. An upload that would pass the user's dataset quotas
+(QUOTA_MAX_DATASETS, QUOTA_MAX_DATASET_BYTES) is refused before anything is stored, checked with
+the user's row locked in the transaction that saves the dataset.
 """
 
 from __future__ import annotations
@@ -11,10 +13,14 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_POST
+
+from webapp.experiments import quotas
+from webapp.experiments.errors import QuotaExceeded
 
 from . import services
 from .access import can_change, get_dataset_for_user
@@ -63,13 +69,17 @@ def _upload_post(request: HttpRequest, handler: SizeLimitUploadHandler) -> HttpR
     if form.is_valid():
         data = form.cleaned_data
         try:
-            dataset = services.create_dataset(
-                request.user,
-                name=data["name"],
-                archive=data["archive"],
-                is_public=data["is_public"],
-                split_seed=data["split_seed"],
-            )
+            with transaction.atomic():
+                quotas.check_dataset_quotas(request.user, data["archive"].size)
+                dataset = services.create_dataset(
+                    request.user,
+                    name=data["name"],
+                    archive=data["archive"],
+                    is_public=data["is_public"],
+                    split_seed=data["split_seed"],
+                )
+        except QuotaExceeded as err:
+            form.add_error(None, str(err))
         except services.DatasetError as err:
             form.add_error(err.field if err.field in form.fields else None, str(err))
         else:
@@ -97,8 +107,23 @@ def _form_page(
         "max_upload": services.format_bytes(settings.DATASET_MAX_UPLOAD_BYTES),
         "min_classes": settings.DATASET_MIN_CLASSES_PER_SPLIT,
         "min_images": settings.DATASET_MIN_IMAGES_PER_CLASS,
+        "quota": _quota_line(request.user),
     }
     return render(request, "datasets/dataset_form.html", context, status=status)
+
+
+def _quota_line(user) -> str:
+    """What the user has of their dataset quotas, for the upload page ("" when unlimited)."""
+    if quotas.exempt(user):
+        return ""
+    usage = quotas.dataset_usage(user)
+    parts = []
+    if settings.QUOTA_MAX_DATASETS:
+        parts.append(f"{usage.datasets} of {settings.QUOTA_MAX_DATASETS} datasets")
+    if settings.QUOTA_MAX_DATASET_BYTES:
+        used = services.format_bytes(usage.bytes)
+        parts.append(f"{used} of {services.format_bytes(settings.QUOTA_MAX_DATASET_BYTES)}")
+    return f"You use {' and '.join(parts)}." if parts else ""
 
 
 @login_required

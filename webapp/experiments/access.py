@@ -4,12 +4,21 @@ Public (any logged-in user): every experiment, run, metric series, evaluation an
 the leaderboard. This is a shared research dashboard: results are meant to be compared.
 Owner or staff only: cancel, delete, and anything else that changes state.
 Every view and API endpoint fetches objects through these helpers so none forgets the check.
+
+Never shown to users, in any page or API answer: a config's `data_dir`, a path on the server
+(an uploaded dataset's folder, another user's private one included). `visible_config` drops it;
+`dataset_shown` names the uploaded dataset instead, to whoever may see it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from django.core.exceptions import PermissionDenied
 from django.shortcuts import get_object_or_404
+
+from webapp.datasets.access import can_view as can_view_dataset
 
 from .models import Experiment, Run
 
@@ -29,7 +38,33 @@ def get_experiment_for_user(user, pk: int, *, for_change: bool = False) -> Exper
 
 def get_run_for_user(user, pk: int, *, for_change: bool = False) -> Run:
     """The run, or 404; PermissionDenied (403) when changing someone else's."""
-    run = get_object_or_404(Run.objects.select_related("experiment__owner"), pk=pk)
+    run = get_object_or_404(
+        Run.objects.select_related("experiment__owner", "experiment__user_dataset"), pk=pk
+    )
     if for_change and not can_change(user, run):
         raise PermissionDenied("Only the run's owner can change it.")
     return run
+
+
+# Config keys that hold server paths. Runs made before the worker resolved datasets per host
+# carry the folder of their upload here; newer ones may carry no data_dir at all.
+PRIVATE_CONFIG_KEYS = frozenset({"data_dir"})
+
+
+def visible_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's or an experiment's config as users see it: without server paths. It still
+    rebuilds the same `metatrain.Config` (data_dir then takes its default) apart from where
+    the data is read."""
+    return {k: v for k, v in config.items() if k not in PRIVATE_CONFIG_KEYS}
+
+
+def dataset_shown(user, experiment: Experiment) -> dict[str, Any] | None:
+    """The uploaded dataset an experiment trains on, as users are shown it: {"pk", "name",
+    "url"} for whoever may see the dataset; for anyone else only its id, name and url None
+    (experiments are public, a private dataset's name is not). None without an upload."""
+    dataset = experiment.user_dataset
+    if dataset is None:
+        return None
+    if can_view_dataset(user, dataset):
+        return {"pk": dataset.pk, "name": dataset.name, "url": dataset.get_absolute_url()}
+    return {"pk": dataset.pk, "name": None, "url": None}

@@ -1,10 +1,11 @@
 """The experiment form: every metatrain Config field, a preset to start from, and the seeds.
 
-The form is built from `metatrain.Config` itself (its dataclass fields, types and FIELD_HELP),
-so a field added to the library shows up here without touching this module. Validation is the
-library's: `clean()` builds the run configs exactly as `services.create_experiment` will and
-turns a `ConfigError(field, message)` into an error on that field, so the browser, the API and
-the CLI can never disagree about what is valid. Nothing is saved until the whole form is valid.
+The form is built from the library itself (`metatrain.config.field_specs()`: each field's kind,
+allowed values and help), so a field added to the library shows up here without touching this
+module. Validation is the service layer's (`validation.validate_experiment`), the very function
+the JSON API and `services.create_experiment` call: the browser and the API cannot disagree
+about what is valid, and every field error is reported at once. Nothing is saved until the whole
+form is valid.
 
 Presets: a field left empty takes the chosen preset's value (then the library default). A small
 script (static/js/experiment_form.js) copies the preset into the fields when the select
@@ -13,20 +14,18 @@ changes; without JavaScript the empty-field fallback gives the same result.
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from typing import Any
 
 from django import forms
-from django.conf import settings
 
-from metatrain import PRESETS, Config, ConfigError
+from metatrain import PRESETS
+from metatrain.config import field_specs
 from webapp.datasets.access import usable_datasets
 from webapp.datasets.models import UserDataset
 
+from .errors import FieldError, ValidationFailed
 from .models import Experiment, Queue
-from .services import ServiceError, build_run_configs, check_dataset_fits
+from .validation import ValidExperiment, base_config, config_defaults, validate_experiment
 
 # Never in the form: seeds have their own field, and `data_dir` is a path on the server that a
 # browser user must not choose (the server reads its data from METATRAIN_DATA).
@@ -89,7 +88,7 @@ BOOL_CHOICES = [("", "preset's value"), ("true", "yes"), ("false", "no")]
 
 def config_fields() -> list[str]:
     """The Config fields the form edits, in display order."""
-    names = [f.name for f in dataclasses.fields(Config) if f.name not in EXCLUDED_FIELDS]
+    names = [name for name in field_specs() if name not in EXCLUDED_FIELDS]
     ordered = [name for _, group in GROUPS for name in group if name in names]
     return ordered + [name for name in names if name not in ordered]
 
@@ -99,20 +98,6 @@ def group_of(name: str) -> str:
         if name in group:
             return title
     return OTHER_GROUP
-
-
-def config_defaults() -> dict[str, Any]:
-    """The library's default value of every field (what an empty field means without preset)."""
-    try:
-        return Config().to_dict()
-    except Exception:  # a Config whose bare defaults do not validate: read the dataclass
-        defaults = {}
-        for f in dataclasses.fields(Config):
-            if f.default is not dataclasses.MISSING:
-                defaults[f.name] = f.default
-            elif f.default_factory is not dataclasses.MISSING:
-                defaults[f.name] = f.default_factory()
-        return defaults
 
 
 def presets_for_script() -> dict[str, Any]:
@@ -126,54 +111,21 @@ def presets_for_script() -> dict[str, Any]:
     }
 
 
-def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
-    """(inner type, whether None is allowed) for `X | None` / Optional[X]."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if len(args) == 1:
-            return args[0], True
-    return annotation, False
-
-
-def field_choices(name: str, annotation: Any) -> tuple[Any, ...] | None:
-    """The allowed values of an enum-like field, or None.
-
-    From a `Literal[...]` annotation if the library uses one; else from the config module's
-    field table (the library types enums as plain `str` and validates the values itself).
-    """
-    inner, _ = _unwrap_optional(annotation)
-    if typing.get_origin(inner) is typing.Literal:
-        return typing.get_args(inner)
-    public = getattr(Config, "FIELD_CHOICES", None)
-    if isinstance(public, dict):
-        return tuple(public[name]) if public.get(name) else None
-    try:
-        from metatrain.config import _SPEC  # private: ask for a public FIELD_CHOICES
-    except ImportError:
-        return None
-    spec = _SPEC.get(name)
-    return tuple(spec[1]) if spec and spec[1] else None
-
-
-def _form_field(name: str, annotation: Any) -> forms.Field:
+def _form_field(name: str, kind: str, choices: tuple[str, ...] | None, help_text: str):
     """A form field for one Config field: a select for enums and booleans, a number input for
     numbers. Always optional: empty means "the preset's value"."""
-    help_text = getattr(Config, "FIELD_HELP", {}).get(name, "")
     common = {"required": False, "label": name, "help_text": help_text}
-    inner, _ = _unwrap_optional(annotation)
-    values = field_choices(name, annotation)
-    if values:
+    if choices:
         return forms.ChoiceField(
-            choices=[("", "preset's value")] + [(str(v), str(v)) for v in values], **common
+            choices=[("", "preset's value")] + [(str(v), str(v)) for v in choices], **common
         )
-    if inner is bool:
+    if kind == "bool":
         return forms.TypedChoiceField(
             choices=BOOL_CHOICES, coerce=lambda v: v == "true", empty_value=None, **common
         )
-    if inner is int:
+    if kind == "int":
         return forms.IntegerField(widget=forms.NumberInput(attrs={"step": "1"}), **common)
-    if inner is float:
+    if kind == "float":
         return forms.FloatField(widget=forms.NumberInput(attrs={"step": "any"}), **common)
     return forms.CharField(max_length=500, **common)
 
@@ -216,9 +168,9 @@ class UserDatasetChoiceField(forms.ModelChoiceField):
 
 
 class ExperimentForm(forms.Form):
-    """Define an experiment; `clean()` leaves `self.config` (seed-less) and `self.seeds_list`
-    ready for `services.create_experiment`, and `cleaned_data["user_dataset"]` (a UserDataset
-    or None).
+    """Define an experiment; once valid, `self.valid` is the service layer's checked
+    request (`validation.ValidExperiment`), and `self.config` (the user's values: overrides
+    of the preset) and `self.seeds_list` are what `services.create_experiment` takes.
 
     Pass `user=request.user`: the dataset select lists only the datasets that user may train
     on (webapp.datasets.access.usable_datasets); without a user it lists none."""
@@ -259,11 +211,12 @@ class ExperimentForm(forms.Form):
         ]
         if user is not None:
             self.fields["user_dataset"].queryset = usable_datasets(user).order_by("name", "id")
-        hints = typing.get_type_hints(Config)
+        specs = field_specs()
         for name in config_fields():
-            self.fields[name] = _form_field(name, hints.get(name, str))
+            self.fields[name] = _form_field(name, *specs[name])
         self.config: dict[str, Any] = {}
         self.seeds_list: list[int] = []
+        self.valid: ValidExperiment | None = None
         self._set_placeholders()
 
     @classmethod
@@ -285,7 +238,7 @@ class ExperimentForm(forms.Form):
     def _set_placeholders(self) -> None:
         """Show the value an empty number field will take (preset, else library default)."""
         preset_name = self.data.get("preset") if self.is_bound else self.initial.get("preset")
-        values = {**config_defaults(), **PRESETS.get(preset_name or "", {})}
+        values = base_config(preset_name if isinstance(preset_name, str) else "")
         for name in config_fields():
             widget = self.fields[name].widget
             if (
@@ -307,75 +260,45 @@ class ExperimentForm(forms.Form):
         return parse_seeds(self.cleaned_data["seeds"])
 
     def clean(self) -> dict[str, Any]:
+        """The service layer's checks, on every field that parsed. A field that did not (not
+        a number, not a choice) keeps Django's message; its raw value goes to the service so
+        that nothing else is checked against a guess (an unknown preset, say)."""
         cleaned = super().clean()
-        if self.errors:  # a field already failed on its own (not a number, unknown preset)
-            return cleaned
-        preset_values = {
-            k: v for k, v in PRESETS.get(cleaned.get("preset") or "", {}).items() if k != "seed"
-        }
-        given = {
+        failed = set(self.errors)
+
+        def value(name: str) -> Any:
+            return self.data.get(name) if name in failed else cleaned.get(name)
+
+        overrides = {
             name: cleaned[name]
             for name in config_fields()
-            if cleaned.get(name) is not None and cleaned.get(name) != ""
+            if name not in failed and cleaned.get(name) is not None and cleaned.get(name) != ""
         }
-        config = {**preset_values, **given}
         try:
-            run_configs = build_run_configs(config, cleaned["seeds"])
-        except ConfigError as err:
-            self._add_library_error(err)
+            self.valid = validate_experiment(
+                self.user,
+                name=value("name"),
+                description=value("description") or "",
+                preset=value("preset") or "",
+                config=overrides,
+                seeds=value("seeds"),
+                queue=value("queue"),
+                user_dataset=value("user_dataset") or None,
+            )
+        except ValidationFailed as err:
+            self.add_service_errors(err.errors)
             return cleaned
-        except ServiceError as err:
-            self._add_error_to(err.field, str(err))
-            return cleaned
-        self._check_against_data(run_configs[0], cleaned.get("user_dataset"))
         if not self.errors:
-            self.config = {k: v for k, v in run_configs[0].to_dict().items() if k != "seed"}
-            self.seeds_list = cleaned["seeds"]
+            self.config = overrides
+            self.seeds_list = self.valid.seeds
         return cleaned
 
-    def _add_library_error(self, err: ConfigError) -> None:
-        field = FIELD_ALIASES.get(getattr(err, "field", None), getattr(err, "field", None))
-        message = getattr(err, "message", None) or str(err)
-        if field in self.fields:
-            self.add_error(field, message)
-        else:
-            self.add_error(None, str(err))
-
-    def _add_error_to(self, field: str | None, message: str) -> None:
-        field = FIELD_ALIASES.get(field, field)
-        self.add_error(field if field in self.fields else None, message)
-
-    def _check_against_data(self, config: Config, dataset: UserDataset | None = None) -> None:
-        """The checks the Config cannot make alone: is the data on this server, and does the
-        chosen upload hold enough classes and images for the tasks?"""
-        if dataset is not None:
-            try:
-                check_dataset_fits(dataset, config)
-            except ServiceError as err:
-                self._add_error_to(err.field, str(err))
-            return
-        if config.dataset != "omniglot":
-            return
-        from metatrain.data import omniglot_available
-
-        if not omniglot_available(config.data_dir):
-            self._add_error_to("dataset", _omniglot_missing_message(config.data_dir))
-
-
-def _omniglot_missing_message(data_dir: str | None) -> str:
-    """Where to put the Omniglot data, in the data loader's own words when it can say."""
-    from metatrain.data import DataError
-
-    try:
-        from metatrain.data.omniglot import find_sources
-
-        find_sources(data_dir)
-    except DataError as err:
-        return f"The Omniglot data is not on this server: {err}"
-    except ImportError:
-        pass
-    where = data_dir or f"{settings.METATRAIN_DATA}/omniglot"
-    return (
-        f"The Omniglot data is not on this server. Put images_background and "
-        f"images_evaluation (.npz with alphabets.json, .zip, or folders) in {where}."
-    )
+    def add_service_errors(self, errors: list[FieldError]) -> None:
+        """Errors of the service layer on their fields (a Config field's error on its input,
+        the config's seed on the seeds); a field that already shows an error keeps it alone."""
+        for field, message in errors:
+            field = FIELD_ALIASES.get(field, field) if field else None
+            if field not in self.fields:
+                self.add_error(None, message if field is None else f"{field}: {message}")
+            elif field not in self.errors:
+                self.add_error(field, message)

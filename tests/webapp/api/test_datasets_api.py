@@ -142,8 +142,12 @@ def test_an_experiment_trains_on_a_usable_dataset(post_json, api, owner, make_re
     assert body["user_dataset"] == dataset.pk
     experiment = Experiment.objects.get(pk=body["id"])
     assert experiment.user_dataset == dataset
-    run = api.get(f"/api/runs/{body['runs'][0]['id']}").json()
-    assert run["config"]["data_dir"] == str(dataset_folder(dataset.pk))
+    # The worker reads the dataset's folder; the API names the dataset, never the path.
+    run_id = body["runs"][0]["id"]
+    assert Run.objects.get(pk=run_id).config["data_dir"] == str(dataset_folder(dataset.pk))
+    run = api.get(f"/api/runs/{run_id}").json()
+    assert "data_dir" not in run["config"]
+    assert (run["user_dataset"], run["user_dataset_name"]) == (dataset.pk, dataset.name)
 
 
 def test_a_public_dataset_of_another_user_may_be_used(post_json, api, stranger, make_ready_dataset):

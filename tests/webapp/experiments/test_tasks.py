@@ -100,10 +100,11 @@ def test_a_missing_or_cancelled_run_is_not_trained(sine_run, settings):
 
 
 def test_a_run_that_raises_fails_with_the_error_and_its_traceback(owner, tmp_path, monkeypatch):
-    """A worker whose machine lacks the data: the library raises DataError naming the path."""
-    monkeypatch.setenv("METATRAIN_DATA", str(tmp_path / "nothing-here"))
+    """A worker whose machine lacks the data: the library raises DataError naming the path.
+    (The web server has it: without it, the experiment would be refused before any run.)"""
     config = {"dataset": "omniglot", "meta_iters": 2, "validation_interval": 0}
     run = services.create_experiment(owner, name="bad", config=config, seeds=[0]).runs.get()
+    monkeypatch.setenv("METATRAIN_DATA", str(tmp_path / "nothing-here"))
 
     assert train_run(run.pk) == Run.Status.FAILED
     run.refresh_from_db()

@@ -9,7 +9,8 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from .. import metrics_series
-from ..access import get_run_for_user
+from ..access import dataset_shown, get_run_for_user, visible_config
+from ..filtering import RunFilters, filter_runs
 from ..forms import config_fields
 from ..models import Run
 
@@ -31,20 +32,29 @@ def selected_ids(request: HttpRequest) -> list[int]:
     return ids[:MAX_COMPARED]
 
 
-def config_diff(runs: list[Run]) -> list[dict]:
+def config_diff(runs: list[Run], user) -> list[dict]:
     """One row per config key (seed first, then the form's order): the runs' values and
-    whether they differ. JSON text is compared so 1 and 1.0 count as the same."""
+    whether they differ. JSON text is compared so 1 and 1.0 count as the same.
+
+    Server paths (data_dir) are never shown; a last row names each run's uploaded dataset
+    (as `dataset_shown` lets `user` see it) when any of them trains on one."""
+    configs = [visible_config(run.config) for run in runs]
     keys: list[str] = []
-    for run in runs:
-        for key in run.config:
+    for config in configs:
+        for key in config:
             if key not in keys:
                 keys.append(key)
     order = {name: i for i, name in enumerate(["seed", *config_fields()])}
     keys.sort(key=lambda k: (order.get(k, len(order)), k))
     missing = object()
     rows = []
+    uploads = [dataset_shown(user, run.experiment) for run in runs]
+    if any(uploads):
+        keys.append(UPLOAD_ROW)
+        for config, upload in zip(configs, uploads, strict=True):
+            config[UPLOAD_ROW] = _upload_label(upload)
     for key in keys:
-        values = [run.config.get(key, missing) for run in runs]
+        values = [config.get(key, missing) for config in configs]
         canonical = {
             "<absent>" if v is missing else json.dumps(float(v) if _is_number(v) else v)
             for v in values
@@ -59,6 +69,17 @@ def config_diff(runs: list[Run]) -> list[dict]:
     return rows
 
 
+UPLOAD_ROW = "uploaded dataset"
+
+
+def _upload_label(upload: dict | None) -> str:
+    if upload is None:
+        return "none"
+    if upload["name"] is None:
+        return f"a private dataset (#{upload['pk']})"
+    return f"{upload['name']} (#{upload['pk']})"
+
+
 def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -67,9 +88,7 @@ def _is_number(value) -> bool:
 def compare(request: HttpRequest) -> HttpResponse:
     runs = [get_run_for_user(request.user, pk) for pk in selected_ids(request)]
     q = request.GET.get("q", "").strip()
-    candidates = Run.objects.select_related("experiment__owner").order_by("-created_at", "-id")
-    if q:
-        candidates = candidates.filter(experiment__name__icontains=q)
+    candidates = filter_runs(request.user, RunFilters(q=q))
     chart_data = [
         {
             "id": run.pk,
@@ -79,7 +98,7 @@ def compare(request: HttpRequest) -> HttpResponse:
         }
         for run in runs
     ]
-    diff = config_diff(runs) if runs else []
+    diff = config_diff(runs, request.user) if runs else []
     context = {
         "runs": runs,
         "candidates": candidates[:CANDIDATES],

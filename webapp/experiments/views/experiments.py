@@ -8,11 +8,10 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from webapp.datasets.access import can_view as can_view_dataset
 from webapp.datasets.access import get_usable_dataset
 
 from .. import services
-from ..access import can_change, get_experiment_for_user
+from ..access import can_change, dataset_shown, get_experiment_for_user, visible_config
 from ..forms import ExperimentForm, config_fields, presets_for_script
 from ..models import Experiment, Run
 
@@ -21,8 +20,8 @@ DEFAULT_PRESET = "omniglot-5way-1shot"
 
 
 def _save(request: HttpRequest, form: ExperimentForm, cloned_from: Experiment | None):
-    """Create the experiment from a valid form; None (with the error on the form) if the
-    service still refuses it."""
+    """Create the experiment from a valid form; None (with the errors on the form) if the
+    service still refuses it: a quota, or something that changed since the form's check."""
     data = form.cleaned_data
     try:
         return services.create_experiment(
@@ -36,10 +35,10 @@ def _save(request: HttpRequest, form: ExperimentForm, cloned_from: Experiment | 
             cloned_from=cloned_from,
             user_dataset=data.get("user_dataset"),
         )
-    except services.ConfigError as err:
-        form.add_error(err.field if err.field in form.fields else None, err.message)
-    except services.ServiceError as err:
-        form.add_error(err.field if err.field in form.fields else None, str(err))
+    except services.ValidationFailed as err:
+        form.add_service_errors(err.errors)
+    except services.ServiceError as err:  # QuotaExceeded among them
+        form.add_service_errors([(err.field, str(err))])
     return None
 
 
@@ -116,21 +115,11 @@ def experiment_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "mean_accuracy": sum(scores) / len(scores) if scores else None,
         "scored_runs": len(scores),
         "has_running": any(r.status == Run.Status.RUNNING for r in runs),
-        "config_rows": sorted(experiment.config.items(), key=lambda kv: _field_order(kv[0])),
+        "config_rows": sorted(
+            visible_config(experiment.config).items(), key=lambda kv: _field_order(kv[0])
+        ),
     }
     return render(request, "experiments/experiment_detail.html", context)
-
-
-def dataset_shown(user, experiment: Experiment) -> dict | None:
-    """The uploaded dataset an experiment trains on, as its pages show it: name and link for
-    whoever may see the dataset; for anyone else only that it is private (experiments are
-    public, a private dataset's name is not)."""
-    dataset = experiment.user_dataset
-    if dataset is None:
-        return None
-    if can_view_dataset(user, dataset):
-        return {"pk": dataset.pk, "name": dataset.name, "url": dataset.get_absolute_url()}
-    return {"pk": dataset.pk, "name": None, "url": None}
 
 
 def _field_order(name: str) -> tuple[int, str]:

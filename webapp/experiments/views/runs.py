@@ -9,28 +9,20 @@ from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.db.models import F, Q
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from .. import exports, metrics_series, services
-from ..access import can_change, get_run_for_user
+from ..access import can_change, dataset_shown, get_run_for_user, visible_config
+from ..filtering import SORTS, RunFilters, filter_runs
 from ..forms import config_fields
 from ..models import Run
-from .experiments import dataset_shown
+from ..presentation import round_fraction
 
 RUNS_PER_PAGE = 25
 POLL_MS = 3000  # how often a live run page asks for new points
-
-SORTS = {
-    "newest": ("Newest first", ["-created_at", "-id"]),
-    "oldest": ("Oldest first", ["created_at", "id"]),
-    "accuracy": ("Best test accuracy", [F("test_accuracy").desc(nulls_last=True), "-id"]),
-    "name": ("Experiment name", ["experiment__name", "seed", "-id"]),
-    "status": ("Status", ["status", "-created_at"]),
-}
 
 ARTIFACTS = {
     "initialization.safetensors": "initialization",
@@ -100,44 +92,16 @@ def run_state(run: Run) -> dict:
         "heartbeat_at": run.heartbeat_at.isoformat() if run.heartbeat_at else None,
         "worker": run.worker,
         "device": run.device,
-        "test_accuracy": run.test_accuracy,
-        "test_ci95": run.test_ci95,
+        "test_accuracy": round_fraction(run.test_accuracy),
+        "test_ci95": round_fraction(run.test_ci95),
+        "can_cancel": services.can_cancel(run),
     }
-
-
-def _filtered_runs(request: HttpRequest):
-    """The runs table's queryset from the query string, and the filters it applied."""
-    params = request.GET
-    runs = Run.objects.select_related("experiment__owner")
-    filters = {
-        "status": params.get("status", ""),
-        "dataset": params.get("dataset", ""),
-        "algorithm": params.get("algorithm", ""),
-        "owner": params.get("owner", ""),
-        "q": params.get("q", "").strip(),
-        "sort": params.get("sort", "newest") if params.get("sort") in SORTS else "newest",
-    }
-    if filters["status"] in Run.Status.values:
-        runs = runs.filter(status=filters["status"])
-    if filters["dataset"]:
-        runs = runs.filter(dataset=filters["dataset"])
-    if filters["algorithm"]:
-        runs = runs.filter(algorithm=filters["algorithm"])
-    if filters["owner"] == "me":
-        runs = runs.filter(experiment__owner=request.user)
-    elif filters["owner"]:
-        runs = runs.filter(experiment__owner__username=filters["owner"])
-    if filters["q"]:
-        runs = runs.filter(
-            Q(experiment__name__icontains=filters["q"])
-            | Q(experiment__description__icontains=filters["q"])
-        )
-    return runs.order_by(*SORTS[filters["sort"]][1]), filters
 
 
 @login_required
 def run_list(request: HttpRequest) -> HttpResponse:
-    runs, filters = _filtered_runs(request)
+    filters = RunFilters.from_query(request.GET)
+    runs = filter_runs(request.user, filters)
     page = Paginator(runs, RUNS_PER_PAGE).get_page(request.GET.get("page"))
     owners = (
         get_user_model()
@@ -155,7 +119,7 @@ def run_list(request: HttpRequest) -> HttpResponse:
         "algorithms": sorted(set(Run.objects.values_list("algorithm", flat=True).distinct())),
         "owners": list(owners),
         "sorts": [(key, label) for key, (label, _) in SORTS.items()],
-        "filtered": any(filters[k] for k in ("status", "dataset", "algorithm", "owner", "q")),
+        "filtered": filters.active,
     }
     return render(request, "experiments/run_list.html", context)
 
@@ -174,7 +138,7 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "dataset": dataset_shown(request.user, run.experiment),
         "state": run_state(run),
         "can_change": can_change(request.user, run),
-        "config_rows": _config_rows(run.config),
+        "config_rows": _config_rows(visible_config(run.config)),
         "attempts": run.attempt_log.all(),
         "evaluations": run.evaluations.all(),
         "artifacts_ready": _artifacts_ready(run),
@@ -211,13 +175,15 @@ def run_metrics(request: HttpRequest, pk: int) -> JsonResponse:
 @login_required
 @require_POST
 def run_cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    """The same rule as POST /api/runs/{id}/cancel (services.cancel_run)."""
     run = get_run_for_user(request.user, pk, for_change=True)
-    if run.status in Run.FINAL_STATUSES:
-        messages.info(request, f"Run #{run.pk} has already finished ({run.get_status_display()}).")
+    try:
+        run = services.cancel_run(run)
+    except services.ServiceError as err:
+        messages.error(request, str(err))
         return redirect(run)
-    run = services.request_cancel(run)
     if run.status == Run.Status.CANCELLED:
-        messages.success(request, f"Run #{run.pk} cancelled.")
+        messages.success(request, f"Run #{run.pk} is cancelled.")
     else:
         messages.success(
             request, f"Asked run #{run.pk} to stop; it checkpoints and stops within an iteration."

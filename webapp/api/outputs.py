@@ -1,0 +1,181 @@
+"""Model -> response data for the API's schemas (schemas.py).
+
+Two rules hold for every answer: a config never carries a server path (`visible_config`: no
+`data_dir`; the uploaded dataset is named instead, to whoever may see it), and accuracies and
+their confidence half-widths are fractions rounded to 6 decimal places (`round_fraction`), so
+float32 noise (0.6710000126063824) does not reach clients.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from webapp.datasets.access import can_change as can_change_dataset
+from webapp.experiments.access import can_change, dataset_shown, visible_config
+from webapp.experiments.presentation import round_fraction, round_metric
+from webapp.experiments.services import can_cancel
+
+
+def _upload(user, experiment) -> dict[str, Any]:
+    shown = dataset_shown(user, experiment)
+    return {
+        "user_dataset": shown["pk"] if shown else None,
+        "user_dataset_name": shown["name"] if shown else None,
+    }
+
+
+def run_data(run, user) -> dict[str, Any]:
+    """A Run as RunOut data; select_related `experiment__owner` and `experiment__user_dataset`
+    (webapp.experiments.filtering.filter_runs does) to avoid queries per run."""
+    return {
+        "id": run.pk,
+        "experiment_id": run.experiment_id,
+        "experiment_name": run.experiment.name,
+        "owner": run.experiment.owner.get_username(),
+        "seed": run.seed,
+        "status": run.status,
+        "status_reason": run.status_reason,
+        "cancel_requested": run.cancel_requested,
+        "queue": run.queue,
+        "dataset": run.dataset,
+        "split": run.split,
+        "algorithm": run.algorithm,
+        "ways": run.ways,
+        "shots": run.shots,
+        "transductive": run.transductive,
+        "iteration": run.iteration,
+        "total_iterations": run.total_iterations,
+        "progress": run.progress,
+        "checkpoint_iteration": run.checkpoint_iteration,
+        "seconds_per_iteration": run.seconds_per_iteration,
+        "device": run.device,
+        "attempts": run.attempts,
+        "created_at": run.created_at,
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+        "heartbeat_at": run.heartbeat_at,
+        "test_accuracy": round_fraction(run.test_accuracy),
+        "test_ci95": round_fraction(run.test_ci95),
+        "test_tasks": run.test_tasks,
+        "has_initialization": bool(run.initialization),
+        **_upload(user, run.experiment),
+        "can_change": can_change(user, run),
+        "can_cancel": can_cancel(run),
+    }
+
+
+def run_detail_data(run, user) -> dict[str, Any]:
+    return {
+        **run_data(run, user),
+        "config": visible_config(run.config),
+        "config_hash": run.config_hash,
+    }
+
+
+def experiment_data(experiment, user) -> dict[str, Any]:
+    """An Experiment with its runs; prefetch `runs` to avoid a query per experiment."""
+    runs = sorted(experiment.runs.all(), key=lambda r: r.pk)
+    for run in runs:
+        run.experiment = experiment  # owner and dataset already loaded
+    return {
+        "id": experiment.pk,
+        "name": experiment.name,
+        "description": experiment.description,
+        "preset": experiment.preset,
+        "owner": experiment.owner.get_username(),
+        "config": visible_config(experiment.config),
+        "seeds": experiment.seeds,
+        "queue": experiment.queue,
+        "cloned_from": experiment.cloned_from_id,
+        **_upload(user, experiment),
+        "created_at": experiment.created_at,
+        "can_change": can_change(user, experiment),
+        "runs": [run_data(run, user) for run in runs],
+    }
+
+
+def evaluation_data(evaluation) -> dict[str, Any]:
+    return {
+        "id": evaluation.pk,
+        "split": evaluation.split,
+        "iteration": evaluation.iteration,
+        "accuracy": round_fraction(evaluation.accuracy),
+        "ci95": round_fraction(evaluation.ci95),
+        "tasks": evaluation.tasks,
+        "ways": evaluation.ways,
+        "shots": evaluation.shots,
+        "queries": evaluation.queries,
+        "transductive": evaluation.transductive,
+        "ci_method": evaluation.ci_method,
+        "extra": evaluation.extra,
+        "created_at": evaluation.created_at,
+    }
+
+
+def series_data(series: dict[str, dict]) -> dict[str, dict]:
+    """Metric series with their values at float32's precision (METRIC_SIGNIFICANT_DIGITS)."""
+    rounded = {}
+    for name, item in series.items():
+        rounded[name] = {
+            **item,
+            **{
+                key: [round_metric(v) for v in item[key]]
+                for key in ("values", "min", "max")
+                if key in item
+            },
+        }
+    return rounded
+
+
+def dataset_data(dataset, user) -> dict[str, Any]:
+    """A UserDataset as DatasetOut data; `dataset.owner` should be select_related."""
+    return {
+        "id": dataset.pk,
+        "name": dataset.name,
+        "owner": dataset.owner.get_username(),
+        "is_public": dataset.is_public,
+        "status": dataset.status,
+        "usable": dataset.is_ready,
+        "reason": dataset.reason,
+        "layout": dataset.layout,
+        "train_classes": dataset.train_classes,
+        "val_classes": dataset.val_classes,
+        "test_classes": dataset.test_classes,
+        "max_ways": min(dataset.train_classes, dataset.val_classes, dataset.test_classes),
+        "images": dataset.images,
+        "min_class_images": dataset.min_class_images,
+        "uncompressed_bytes": dataset.uncompressed_bytes,
+        "created_at": dataset.created_at,
+        "finished_at": dataset.finished_at,
+        "can_change": can_change_dataset(user, dataset),
+    }
+
+
+def board_data(board) -> dict[str, Any]:
+    b = board.benchmark
+    return {
+        "key": board.key,
+        "title": board.title,
+        "dataset": b.dataset,
+        "split": b.split,
+        "ways": b.ways,
+        "shots": b.shots,
+        "transductive": b.transductive,
+        "rows": [
+            {
+                "rank": row.rank,
+                "label": row.label,
+                "is_reference": row.is_reference,
+                "accuracy": round_fraction(row.accuracy),
+                "ci95": round_fraction(row.ci95),
+                "tasks": row.tasks,
+                "tied_with_leader": row.tied_with_leader,
+                "run_id": row.run.pk if row.run else None,
+                "experiment_id": row.run.experiment_id if row.run else None,
+                "owner": row.run.experiment.owner.get_username() if row.run else None,
+                "seed": row.run.seed if row.run else None,
+                "algorithm": row.run.algorithm if row.run else None,
+            }
+            for row in board.rows
+        ],
+    }

@@ -1,0 +1,79 @@
+"""The runs list's filters, one function for the runs page and GET /api/runs.
+
+Both doors read the same names: `status`, `dataset`, `algorithm`, `owner` (a username, or
+`me`), `q` (text in the experiment's name or description; the API also still accepts its old
+name, `search`) and `sort`. Each door parses its own query string (the page ignores values it
+does not know, the API refuses them with a 422) and hands the result to `filter_runs`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from django.db.models import F, Q, QuerySet
+
+from .models import Run
+
+# key -> (label, ordering)
+SORTS: dict[str, tuple[str, list]] = {
+    "newest": ("Newest first", ["-created_at", "-id"]),
+    "oldest": ("Oldest first", ["created_at", "id"]),
+    "accuracy": ("Best test accuracy", [F("test_accuracy").desc(nulls_last=True), "-id"]),
+    "name": ("Experiment name", ["experiment__name", "seed", "-id"]),
+    "status": ("Status", ["status", "-created_at"]),
+}
+DEFAULT_SORT = "newest"
+# `owner=me`: the caller's own runs (a user named "me" is found by the other filters).
+OWNER_ME = "me"
+
+
+@dataclass(frozen=True)
+class RunFilters:
+    """Empty strings mean "any"."""
+
+    status: str = ""
+    dataset: str = ""
+    algorithm: str = ""
+    owner: str = ""
+    q: str = ""
+    sort: str = DEFAULT_SORT
+
+    @classmethod
+    def from_query(cls, params) -> RunFilters:
+        """Lenient, for pages: unknown statuses and sorts are ignored, text is stripped."""
+        values = {f.name: (params.get(f.name) or "").strip() for f in fields(cls)}
+        if values["status"] not in Run.Status.values:
+            values["status"] = ""
+        if values["sort"] not in SORTS:
+            values["sort"] = DEFAULT_SORT
+        return cls(**values)
+
+    @property
+    def active(self) -> bool:
+        """Whether anything narrows the list (the sort does not)."""
+        return any((self.status, self.dataset, self.algorithm, self.owner, self.q))
+
+
+def filter_runs(user, filters: RunFilters, runs: QuerySet[Run] | None = None) -> QuerySet[Run]:
+    """`runs` (default: every run, which every logged-in user may read) narrowed and ordered
+    by `filters`, with the experiment, its owner and its uploaded dataset loaded."""
+    if runs is None:
+        runs = Run.objects.all()
+    runs = runs.select_related("experiment__owner", "experiment__user_dataset")
+    if filters.status:
+        runs = runs.filter(status=filters.status)
+    if filters.dataset:
+        runs = runs.filter(dataset=filters.dataset)
+    if filters.algorithm:
+        runs = runs.filter(algorithm=filters.algorithm)
+    if filters.owner == OWNER_ME:
+        runs = runs.filter(experiment__owner=user)
+    elif filters.owner:
+        runs = runs.filter(experiment__owner__username=filters.owner)
+    text = filters.q.strip()
+    if text:
+        runs = runs.filter(
+            Q(experiment__name__icontains=text) | Q(experiment__description__icontains=text)
+        )
+    sort = filters.sort if filters.sort in SORTS else DEFAULT_SORT
+    return runs.order_by(*SORTS[sort][1])

@@ -8,12 +8,13 @@ commit, so a bad input or a broker outage never leaves anything half-saved.
 
 from __future__ import annotations
 
+import hashlib
+
 from django.db import transaction
 from django.utils import timezone
 
-from metatrain import ConfigError
+from metatrain import Config, ConfigError
 from webapp.datasets.models import UserDataset
-from webapp.datasets.services import dataset_data_dir
 
 from . import quotas
 from .dataset_checks import DB_PK_MAX, check_dataset_fits, get_user_dataset
@@ -49,9 +50,9 @@ def create_experiment(
 
     `config` holds the user's values: `preset`'s values (complete) fill every field it leaves
     out, then the library's defaults. `user_dataset` (an id or a UserDataset) trains on an
-    uploaded dataset the owner may use: its folder, never a path from the request, becomes
-    every run's `data_dir`. The experiment's own config stays the user's (no data_dir); the
-    dataset is its foreign key.
+    uploaded dataset the owner may use. No run's config names a folder: the dataset is the
+    experiment's foreign key, and each worker host trains on its own cached copy (see
+    `tasks.local_config`); the dataset's content hash is part of the runs' config hash.
     """
     valid = validate_experiment(
         owner,
@@ -66,9 +67,6 @@ def create_experiment(
     )
     quotas.check_run_quotas(owner, valid.run_configs)
     run_configs = valid.run_configs
-    if valid.dataset is not None:
-        data_dir = dataset_data_dir(valid.dataset)
-        run_configs = [cfg.replace(data_dir=data_dir) for cfg in run_configs]
     experiment = Experiment.objects.create(
         owner=owner,
         name=valid.name,
@@ -85,7 +83,7 @@ def create_experiment(
             experiment=experiment,
             seed=cfg.seed,
             config=cfg.to_dict(),
-            config_hash=cfg.config_hash(),
+            config_hash=run_config_hash(cfg, valid.dataset),
             queue=valid.queue,
             dataset=cfg.dataset,
             split=cfg.split if cfg.dataset == "omniglot" else "",
@@ -177,3 +175,13 @@ __all__ = [
     "get_user_dataset",
     "request_cancel",
 ]
+
+
+def run_config_hash(config: Config, dataset: UserDataset | None) -> str:
+    """What a run trained, as one hash: metatrain's config hash (which leaves out where the data
+    lies), and for an uploaded dataset the dataset's content, so runs on different uploads never
+    count as the same configuration."""
+    if dataset is None:
+        return config.config_hash()
+    identity = dataset.content_hash or f"dataset-{dataset.pk}"
+    return hashlib.sha256(f"{config.config_hash()}:{identity}".encode()).hexdigest()

@@ -142,9 +142,9 @@ def test_an_experiment_trains_on_a_usable_dataset(post_json, api, owner, make_re
     assert body["user_dataset"] == dataset.pk
     experiment = Experiment.objects.get(pk=body["id"])
     assert experiment.user_dataset == dataset
-    # The worker reads the dataset's folder; the API names the dataset, never the path.
+    # Each worker host resolves the dataset to its own cache; the API names the dataset.
     run_id = body["runs"][0]["id"]
-    assert Run.objects.get(pk=run_id).config["data_dir"] == str(dataset_folder(dataset.pk))
+    assert Run.objects.get(pk=run_id).config["data_dir"] is None
     run = api.get(f"/api/runs/{run_id}").json()
     assert "data_dir" not in run["config"]
     assert (run["user_dataset"], run["user_dataset_name"]) == (dataset.pk, dataset.name)

@@ -4,10 +4,9 @@ and leave no folder; plus the supervision that keeps datasets from being lost or
 
 from __future__ import annotations
 
+import hashlib
 from datetime import timedelta
 from pathlib import Path
-
-import hashlib
 
 import hostile_archives as ha
 import pytest

@@ -1,6 +1,7 @@
 """create_experiment on an uploaded dataset: only one the owner may train on (ready, theirs or
-public), only with dataset="imagefolder", only tasks its class and image counts can serve; its
-folder (never a typed path) becomes every run's data_dir. A dataset with experiments is not
+public), only with dataset="imagefolder", only tasks its class and image counts can serve; no
+run's config names a folder (each worker host uses its own cached copy), and the dataset's
+content is part of the runs' config hash. A dataset with experiments is not
 deleted. And one whole path in this process: a good zip processed to ready, an experiment on
 it, a run trained to succeeded."""
 
@@ -15,7 +16,7 @@ from django.core.files import File
 from django.urls import reverse
 
 from webapp.datasets import services as dataset_services
-from webapp.datasets.models import UserDataset, dataset_folder
+from webapp.datasets.models import UserDataset
 from webapp.datasets.tasks import process_dataset
 from webapp.experiments import services
 from webapp.experiments.models import Experiment, Run
@@ -94,22 +95,32 @@ def nothing_saved() -> bool:
 
 
 @pytest.mark.parametrize("as_id", [True, False], ids=["id", "instance"])
-def test_a_ready_dataset_of_the_owner_becomes_every_runs_data_dir(owner, make_dataset, as_id):
+def test_a_ready_dataset_of_the_owner_is_every_runs_dataset(owner, make_dataset, as_id):
     dataset = make_dataset(owner)
 
     experiment = create(owner, seeds=(1, 2), user_dataset=dataset.pk if as_id else dataset)
 
     assert experiment.user_dataset == dataset
-    expected = dataset_services.dataset_data_dir(dataset)
-    assert expected == str(dataset_folder(dataset.pk))
     runs = list(experiment.runs.order_by("seed"))
     assert [r.seed for r in runs] == [1, 2]
-    assert {r.config["data_dir"] for r in runs} == {expected}
+    # No server path in any config: a worker host resolves the dataset to its own cache.
+    assert {r.config["data_dir"] for r in runs} == {None}
     assert {r.dataset for r in runs} == {"imagefolder"}
-    # The experiment keeps the user's config; the dataset is its foreign key.
     assert experiment.config["data_dir"] is None
     # The dataset service now finds those queued runs (it refuses to delete under them).
     assert set(dataset_services.runs_using(dataset)) == set(runs)
+
+
+def test_runs_on_different_uploads_never_share_a_config_hash(owner, make_dataset):
+    first, second = make_dataset(owner, name="a"), make_dataset(owner, name="b")
+    UserDataset.objects.filter(pk=first.pk).update(content_hash="a" * 64)
+    UserDataset.objects.filter(pk=second.pk).update(content_hash="b" * 64)
+    first.refresh_from_db()
+    second.refresh_from_db()
+    on_first = create(owner, user_dataset=first.pk).runs.get()
+    on_second = create(owner, user_dataset=second.pk).runs.get()
+    assert on_first.config == on_second.config
+    assert on_first.config_hash != on_second.config_hash
 
 
 def test_someone_elses_public_ready_dataset_may_be_used(owner, stranger, make_dataset):
@@ -118,7 +129,7 @@ def test_someone_elses_public_ready_dataset_may_be_used(owner, stranger, make_da
     experiment = create(owner, user_dataset=dataset.pk)
 
     assert experiment.user_dataset == dataset
-    assert experiment.runs.get().config["data_dir"] == str(dataset_folder(dataset.pk))
+    assert experiment.runs.get().config["data_dir"] is None
 
 
 def test_staff_may_train_on_any_ready_dataset(staff, stranger, make_dataset):
@@ -339,7 +350,7 @@ def test_a_dataset_with_an_active_run_names_the_run_first(owner, make_dataset):
 
 @pytest.mark.slow  # processing a zip and training a tiny network: a few seconds
 @pytest.mark.usefixtures("one_torch_thread", "work_dirs", "broker_down")
-def test_a_processed_upload_trains_a_run_to_succeeded(owner, tmp_path):
+def test_a_processed_upload_trains_a_run_to_succeeded(owner, tmp_path, settings):
     ha = _hostile_archives()
     archives = tmp_path / "archives"
     archives.mkdir()
@@ -374,5 +385,6 @@ def test_a_processed_upload_trains_a_run_to_succeeded(owner, tmp_path):
     assert run.status == Run.Status.SUCCEEDED, run.status_reason
     assert (run.iteration, run.total_iterations) == (3, 3)
     assert run.test_tasks == 5 and 0.0 <= run.test_accuracy <= 1.0
-    assert run.config["data_dir"] == str(dataset_folder(dataset.pk))
+    assert run.config["data_dir"] is None
+    assert (settings.DATASET_CACHE_ROOT / dataset.content_hash / "test").is_dir()
     assert run.initialization.name.endswith("initialization.safetensors")

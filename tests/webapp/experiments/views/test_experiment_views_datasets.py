@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
-from webapp.datasets.models import UserDataset, dataset_folder
+from webapp.datasets.models import UserDataset
 from webapp.experiments import services
 from webapp.experiments.forms import ExperimentForm
 from webapp.experiments.models import Experiment
@@ -98,7 +98,7 @@ def test_a_form_without_a_user_offers_no_dataset(owner, make_ready_dataset):
 # --- submitting -----------------------------------------------------------------------------
 
 
-def test_choosing_a_ready_dataset_saves_it_and_gives_the_runs_its_folder(
+def test_choosing_a_ready_dataset_saves_it_on_the_experiment(
     client, owner, make_ready_dataset
 ):
     dataset = make_ready_dataset(owner)
@@ -109,9 +109,8 @@ def test_choosing_a_ready_dataset_saves_it_and_gives_the_runs_its_folder(
     assert response.status_code == 302, errors(response)
     experiment = Experiment.objects.get()
     assert experiment.user_dataset == dataset
-    assert {r.config["data_dir"] for r in experiment.runs.all()} == {
-        str(dataset_folder(dataset.pk))
-    }
+    # No run names a server folder: each worker host uses its own cached copy.
+    assert {r.config["data_dir"] for r in experiment.runs.all()} == {None}
 
 
 def test_someone_elses_private_dataset_is_not_a_valid_choice(
@@ -235,7 +234,7 @@ def test_clone_carries_the_dataset(client, owner, make_ready_dataset):
     assert response.status_code == 302, errors(response)
     copy = Experiment.objects.get(cloned_from=source)
     assert copy.user_dataset == dataset
-    assert copy.runs.get().config["data_dir"] == str(dataset_folder(dataset.pk))
+    assert copy.runs.get().config["data_dir"] is None
 
 
 def test_cloning_onto_a_dataset_you_cannot_use_warns(client, owner, stranger, make_ready_dataset):

@@ -722,7 +722,7 @@ def _child_argv(args: argparse.Namespace, folder: Path, seed: int) -> list[str]:
 # Parent: the throwaway folder, database and Redis, and the child
 # ------------------------------------------------------------------------------------------
 class ThrowawayPostgres:
-    """A database created for one chaos session on the server of `url`, dropped afterwards."""
+    """A database created for one chaos run on the server of `url`, dropped afterwards."""
 
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)

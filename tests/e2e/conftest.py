@@ -22,21 +22,23 @@ Fixtures
     tmp_path (this process's settings point to the same folders, so stored files can be
     read), METATRAIN_DATA, RUN_HEARTBEAT_SECONDS=1 and one torch thread. Add keys to it
     before starting a worker to change its settings.
-`start_worker(queues=("cpu", "any"), name=None) -> WorkerProcess`
+`start_worker(queues=("cpu", "any"), name=None, env=None) -> WorkerProcess`
     Starts `celery -A webapp worker` (the same command line as `make run`: concurrency 1,
-    prefetch disabled) in its own process group and waits until it has registered its
-    Worker row. Every worker still running at the end of the test is stopped (SIGTERM, then
-    SIGKILL). Start several to test hand-overs.
+    prefetch disabled; `webapp.devstack.start_training_worker`) in its own process group
+    and waits until it has registered its Worker row. Every worker still running at the end
+    of the test is stopped (SIGTERM, then SIGKILL). Start several to test hand-overs.
 `celery_worker` (WorkerProcess)
     One worker on the cpu and any queues, already started.
 `owner`
     A user (username "owner", password "pw") in the transactional database.
 
-`WorkerProcess`: `.hostname`, `.pid`, `.log()` (its output so far: put it in assertion
-messages), `.terminate(timeout)` (SIGTERM to the main process: Celery's warm shutdown, which
-makes a training run checkpoint and go back to the queue; returns the exit code), `.kill()`
-(SIGKILL to the whole process group: a crashed machine; the run is left `running` until the
-supervisor declares it lost), `.alive`.
+`WorkerProcess` (`webapp.devstack`): `.hostname`, `.pid`, `.log()` (its output so far: put
+it in assertion messages), `.terminate(timeout)` (SIGTERM to the main process: Celery's warm
+shutdown, which makes a training run checkpoint and go back to the queue; returns the exit
+code), `.kill()` (SIGKILL to the whole process group: a crashed machine; the run is left
+`running` until the supervisor declares it lost), `.pause()` / `.resume()` (SIGSTOP / SIGCONT
+to the whole process group: a frozen machine that wakes up later), `.children()` (the pids of
+its pool child and task workers), `.alive`, `.close()`.
 
 `wait_for(predicate, timeout, what, worker=None)` and `wait_for_run(pk, statuses, timeout,
 worker=None)` (fixtures returning functions) poll the database until true; on timeout they fail
@@ -49,15 +51,10 @@ var/ for that reason).
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -66,8 +63,8 @@ from django.conf import settings as django_settings
 from django.db import connection
 
 from webapp.celery import app
-from webapp.experiments.models import Run, Worker
-from webapp.experiments.workers import training_worker_argv
+from webapp.devstack import DevStackError, WorkerProcess, start_training_worker
+from webapp.experiments.models import Run
 
 E2E_REDIS_DB = int(os.environ.get("E2E_REDIS_DB", "11"))
 WORKER_START_TIMEOUT = 90
@@ -139,57 +136,6 @@ def _wait_for_run(
         time.sleep(0.2)
 
 
-@dataclass
-class WorkerProcess:
-    """A `celery worker` subprocess in its own process group."""
-
-    hostname: str
-    proc: subprocess.Popen
-    log_path: Path
-    _log_file: object = field(repr=False, default=None)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def terminate(self, timeout: float = 60) -> int:
-        """SIGTERM to the main process (warm shutdown) and wait for it to exit."""
-        if self.alive:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            pytest.fail(f"worker ignored SIGTERM for {timeout} s:\n{self.log()[-4000:]}")
-
-    def kill(self) -> None:
-        """SIGKILL the main process and its pool children at once."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(30)
-
-    def close(self) -> None:
-        if self.alive:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        else:
-            # the main process is gone: make sure no orphaned pool child is left
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        if self._log_file is not None:
-            self._log_file.close()
-
-
 @pytest.fixture
 def e2e_redis(redis_server_url) -> Iterator[redis.Redis]:
     url = f"{redis_server_url}/{E2E_REDIS_DB}"
@@ -251,25 +197,17 @@ def start_worker(worker_env, tmp_path) -> Iterator[Callable[..., WorkerProcess]]
     ) -> WorkerProcess:
         """A training worker; `env` adds to (or overrides) the worker's environment."""
         hostname = f"{name or 'e2e'}-{uuid.uuid4().hex[:8]}@test"
-        log_path = tmp_path / f"worker-{hostname.split('@')[0]}.log"
-        log_file = open(log_path, "wb")  # noqa: SIM115 (closed by WorkerProcess.close)
-        proc = subprocess.Popen(
-            training_worker_argv(list(queues), name=hostname),
-            cwd=django_settings.BASE_DIR,
+        worker = start_training_worker(
+            queues,
+            hostname=hostname,
             env={**worker_env, **(env or {})},
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            log_path=tmp_path / f"worker-{hostname.split('@')[0]}.log",
         )
-        worker = WorkerProcess(hostname, proc, log_path, log_file)
         started.append(worker)
-
-        def registered():
-            if not worker.alive:
-                pytest.fail(f"worker exited with {proc.returncode}:\n{worker.log()[-4000:]}")
-            return Worker.objects.filter(hostname=hostname).exists()
-
-        _wait_for(registered, WORKER_START_TIMEOUT, f"worker {hostname} to start", interval=0.3)
+        try:
+            worker.wait_registered(WORKER_START_TIMEOUT)
+        except DevStackError as exc:
+            pytest.fail(str(exc))
         return worker
 
     yield start

@@ -7,7 +7,6 @@ beat calls every 15 s) run by hand.
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 
@@ -15,20 +14,14 @@ import pytest
 
 import metatrain
 from webapp.celery import app
+from webapp.devstack import RedisServer, free_port
 from webapp.experiments import services
 from webapp.experiments.dispatch import dispatch_pending_runs
-from webapp.experiments.management.commands.chaos import RedisServer
 from webapp.experiments.models import Run, RunAttempt
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 FINAL = {Run.Status.SUCCEEDED, Run.Status.FAILED, Run.Status.CANCELLED}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _use_broker(url: str) -> None:
@@ -42,7 +35,7 @@ def _use_broker(url: str) -> None:
 def own_redis(worker_env, tmp_path, monkeypatch) -> Iterator[RedisServer]:
     """A Redis on a fixed port of 127.0.0.1 that the test may stop and start; the workers
     started afterwards and this process's Celery app use it."""
-    server = RedisServer(tmp_path / "redis", port=_free_port())
+    server = RedisServer(tmp_path / "redis", port=free_port())
     server.start()
     previous = app.conf.broker_url
     monkeypatch.setenv("CELERY_BROKER_URL", server.url)

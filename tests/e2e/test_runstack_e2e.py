@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -18,23 +17,14 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
+from webapp.devstack import free_port, process_state
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
     # A zombie (exited, not yet reaped by its parent) counts as gone.
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().split(") ")[1].startswith("Z"))
+    return process_state(pid) not in (None, "Z")
 
 
 def _wait(predicate, timeout: float, what: str, log: Path):
@@ -48,7 +38,7 @@ def _wait(predicate, timeout: float, what: str, log: Path):
 
 
 def test_runstack_serves_trains_and_stops_cleanly_on_ctrl_c(tmp_path):
-    port = _free_port()
+    port = free_port()
     db = tmp_path / "db.sqlite3"
     sock = tmp_path / "redis.sock"
     log = tmp_path / "runstack.log"

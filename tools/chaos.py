@@ -19,8 +19,12 @@ its checkpoint and succeeds, and whether its metric series came through intact:
   out bit-identical is reported (CPU resumes are deterministic), but not held against the run.
 
 Scenarios (`--scenario`, comma-separated names are played in turn, one per cycle):
-`kill` (SIGKILL to the worker's process group: a crashed machine, the default) and `term`
-(SIGTERM: a deploy; the worker checkpoints and hands the run back). A scenario is one function
+`kill` (SIGKILL to the worker's process group: a crashed machine, the default), `term`
+(SIGTERM: a deploy; the worker checkpoints and hands the run back), `pause` (SIGSTOP to the
+worker's process group, SIGCONT once its run was declared lost and resumed elsewhere: the woken
+worker must change nothing) and `hang` (SIGSTOP to the process training the run only: its
+worker stays alive, the run stops advancing, is declared stalled, and the worker recycles the
+stuck process). A scenario is one function
 registered with `@scenario(name, closes_as=..., summary=...)`: it gets a `Strike` (the worker
 training the run, the run's id, the plan) at the chosen moment, does its damage, and may
 return an aftermath, a function called once the struck attempt has been closed (a paused
@@ -58,6 +62,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -87,6 +92,8 @@ SANDBOX_MARKER = ".chaos-sandbox"
 WORKER_START_TIMEOUT = 120.0
 # Settings of the child process and its workers (overridable by options where it matters).
 HEARTBEAT_SECONDS = 1
+WORKER_HEARTBEAT_SECONDS = 2
+RECYCLE_GRACE_SECONDS = 3
 OUTCOMES = ("lost", "released")
 
 
@@ -175,6 +182,64 @@ def term(strike: Strike) -> None:
     except DevStackError:
         raise CycleFailed(f"worker ignored SIGTERM for {strike.plan.timeout:.0f} s") from None
     strike.worker.close()  # its pool child, should one have outlived the warm shutdown
+
+
+@scenario(
+    "pause",
+    closes_as="lost",
+    summary="SIGSTOP to the worker's process group, SIGCONT once its run was given away",
+)
+def pause(strike: Strike) -> Aftermath:
+    """A machine that froze (a long GC pause, a VM migration, a network split) and comes back
+    after its run was declared lost and resumed elsewhere: woken, it must change nothing (the
+    cycle's integrity checks see any point it wrote) and give up the run by itself."""
+    strike.worker.pause()
+
+    def wake() -> None:
+        from webapp.experiments.models import RunAttempt
+
+        attempt = RunAttempt.objects.filter(run_id=strike.run_id).order_by("number").first()
+        strike.worker.resume()
+        _wait(
+            lambda: RunAttempt.objects.filter(
+                pk=attempt.pk, process_done_at__isnull=False
+            ).exists(),
+            strike.plan.timeout,
+            "the woken worker to give up its lost run",
+            workers=[strike.worker],
+        )
+
+    return wake
+
+
+@scenario(
+    "hang",
+    closes_as="lost",
+    summary="SIGSTOP to the process training the run only: it hangs, its worker stays alive",
+)
+def hang(strike: Strike) -> Aftermath:
+    """A kernel that never returns: the worker's main process keeps reporting itself alive,
+    but the run stops advancing, so its heartbeat (which means progress) goes stale; the
+    supervisor declares it stalled, and the worker recycles the stuck process."""
+    from webapp.experiments.models import RunAttempt
+
+    attempt = RunAttempt.objects.filter(run_id=strike.run_id).order_by("-number").first()
+    os.kill(attempt.pid, signal.SIGSTOP)
+
+    def recycled() -> None:
+        _wait(
+            lambda: RunAttempt.objects.filter(
+                pk=attempt.pk, process_done_at__isnull=False, reason__contains="recycled"
+            ).exists(),
+            strike.plan.timeout,
+            "the worker to recycle its stuck process",
+            workers=[strike.worker],
+        )
+        reason = RunAttempt.objects.get(pk=attempt.pk).reason
+        if not reason.startswith("stalled"):
+            raise CycleFailed(f"a hung run was not called stalled: {reason}")
+
+    return recycled
 
 
 # ------------------------------------------------------------------------------------------
@@ -334,12 +399,24 @@ def _last_trained_iteration(run_dir: Path) -> int | None:
     return last
 
 
-def _checkpoint_on_disk(run_dir: Path) -> int | None:
-    """The iteration of the run's checkpoint file, or None without one."""
-    from metatrain.checkpoint import CHECKPOINT_FILE, load_checkpoint
+def _stored_checkpoint(run) -> int | None:
+    """The iteration of the checkpoint the run row points to in storage (what any host
+    resumes from), read from the file itself; None without one."""
+    import tempfile as _tempfile
 
-    path = run_dir / CHECKPOINT_FILE
-    return int(load_checkpoint(path)["iteration"]) if path.exists() else None
+    from django.core.files.storage import default_storage
+
+    from metatrain.checkpoint import load_checkpoint
+
+    if not run.checkpoint_file.name:
+        return None
+    with (
+        default_storage.open(run.checkpoint_file.name) as src,
+        _tempfile.NamedTemporaryFile(suffix=".pt") as local,
+    ):
+        local.write(src.read())
+        local.flush()
+        return int(load_checkpoint(local.name)["iteration"])
 
 
 def check_series(
@@ -414,9 +491,8 @@ def run_cycle(result: CycleResult, owner, plan: Plan) -> WorkerProcess:
     stays there); returns the fresh worker started after the strike."""
     from django.utils import timezone
 
-    from webapp.experiments import services
+    from webapp.experiments import run_files, services
     from webapp.experiments.models import Run, RunAttempt
-    from webapp.experiments.tasks import run_dir
 
     chosen = SCENARIOS[result.scenario]
     result.expected = chosen.closes_as
@@ -459,18 +535,21 @@ def run_cycle(result: CycleResult, owner, plan: Plan) -> WorkerProcess:
     # The struck worker writes nothing more: this is what the database held at the strike.
     before = Run.objects.get(pk=run.pk)
     snapshot = _points(run.pk)
-    # The file is what a resumed attempt starts from. The strike can land after a
-    # checkpoint's file and before its record, so the record may lag; every point up to the
-    # file's iteration was stored before the file was written (Reporter.before_checkpoint).
-    checkpoint = _checkpoint_on_disk(run_dir(before))
+    # The stored checkpoint the row points to is what a resumed attempt starts from, on any
+    # host (a file written on the struck worker's disk but not yet uploaded and recorded does
+    # not count); every point up to it was stored before its file was written.
+    checkpoint = _stored_checkpoint(before)
     result.checkpoint_at_kill = checkpoint
     result.checkpoint_recorded_at_kill = before.checkpoint_iteration
-    if checkpoint is None or checkpoint < before.checkpoint_iteration:
+    if checkpoint is None or checkpoint != before.checkpoint_iteration:
         raise CycleFailed(
-            f"the checkpoint file ({checkpoint}) is behind its record "
+            f"the stored checkpoint ({checkpoint}) is not the one recorded "
             f"({before.checkpoint_iteration})"
         )
-    result.killed_at_iteration = _last_trained_iteration(run_dir(before))
+    # Its metrics log, unless the struck worker removed its folder itself (a release).
+    result.killed_at_iteration = (
+        _last_trained_iteration(run_files.attempt_dir(run.pk, attempt)) or before.iteration
+    )
     if victim.heartbeat_at is not None:
         result.heartbeat_age_at_kill = round((struck_at - victim.heartbeat_at).total_seconds(), 3)
 
@@ -583,6 +662,16 @@ def summarize(results: list[CycleResult], total_seconds: float, extra: dict) -> 
         "replayed_identical": sum(r.replayed_identical for r in results),
         "detection_seconds": _spread(times("lost")),
         "release_seconds": _spread(times("released")),
+        "detection_by_scenario": {
+            name: _spread(
+                [
+                    r.detection_seconds
+                    for r in results
+                    if r.scenario == name and r.detection_seconds is not None
+                ]
+            )
+            for name in sorted({r.scenario for r in results})
+        },
         "total_seconds": round(total_seconds, 1),
         "ok": bool(results) and all(r.ok for r in results),
         **extra,
@@ -611,6 +700,12 @@ def summary_text(s: dict[str, Any]) -> str:
             f"release (SIGTERM -> checkpointed, back in the queue): min {_fmt(r['min'])}, "
             f"median {_fmt(r['median'])}, max {_fmt(r['max'])}"
         )
+    for name, spread in s["detection_by_scenario"].items():
+        if spread["min"] is not None:
+            lines.append(
+                f"  {name:5} closed after: min {_fmt(spread['min'])}, "
+                f"median {_fmt(spread['median'])}, max {_fmt(spread['max'])}"
+            )
     lines += [
         f"replayed after the checkpoint: {s['replayed_identical']}/{s['replayed']} points "
         f"bit-identical",
@@ -768,7 +863,11 @@ def orchestrate(args: argparse.Namespace, err=sys.stderr) -> int:
             "RUNS_ROOT": str(folder / "runs"),
             "MEDIA_ROOT": str(folder / "media"),
             "DATASETS_ROOT": str(folder / "datasets"),
+            "DATASET_CACHE_ROOT": str(folder / "dataset-cache"),
             "RUN_LOST_AFTER_SECONDS": str(args.lost_after),
+            # A worker looks for stuck pool children as often as it reports itself alive.
+            "WORKER_HEARTBEAT_SECONDS": str(WORKER_HEARTBEAT_SECONDS),
+            "RUN_RECYCLE_GRACE_SECONDS": str(RECYCLE_GRACE_SECONDS),
             "RUN_HEARTBEAT_SECONDS": str(HEARTBEAT_SECONDS),
             "RUN_MAX_ATTEMPTS": "3",
             "OMP_NUM_THREADS": "1",

@@ -98,9 +98,7 @@ def test_a_form_without_a_user_offers_no_dataset(owner, make_ready_dataset):
 # --- submitting -----------------------------------------------------------------------------
 
 
-def test_choosing_a_ready_dataset_saves_it_on_the_experiment(
-    client, owner, make_ready_dataset
-):
+def test_choosing_a_ready_dataset_saves_it_on_the_experiment(client, owner, make_ready_dataset):
     dataset = make_ready_dataset(owner)
     client.force_login(owner)
 

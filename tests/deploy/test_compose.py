@@ -213,9 +213,16 @@ def test_the_web_image_installs_torch_from_the_cpu_index_at_the_pinned_version()
     assert result.stdout.strip() == torch_pin()
 
 
-def test_the_worker_image_gets_pypis_cuda_torch_and_no_gpu_selection_of_its_own():
+def test_the_worker_image_gets_a_cuda_torch_and_no_gpu_selection_of_its_own():
     dockerfile = (ROOT / "Dockerfile.worker").read_text()
-    assert "download.pytorch.org" not in dockerfile
+    assert CPU_INDEX not in dockerfile
+    # PyPI's CUDA torch by default; another index (an older CUDA) only when asked, at the pin.
+    assert "\nARG TORCH_INDEX=\n" in dockerfile
+    assert 'pip install --index-url "$TORCH_INDEX" "$torch_pin"' in dockerfile
+    web_sed = re.findall(
+        r"sed -n '[^']+' /tmp/requirements\.txt", (ROOT / "Dockerfile").read_text()
+    )
+    assert re.findall(r"sed -n '[^']+' /tmp/requirements\.txt", dockerfile) == web_sed
     assert "pip install -r /tmp/requirements.txt" in dockerfile
     assert "assert torch.version.cuda" in dockerfile
     # Which GPU a container sees is the compose file's device_ids, not the image.

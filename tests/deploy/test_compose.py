@@ -280,6 +280,7 @@ def dockerignored(path: str) -> bool:
         "webapp/__pycache__/settings.cpython-311.pyc",
         ".pytest_cache/v/cache/lastfailed",
         "staticfiles/staticfiles.json",
+        "data/omniglot/images_background.zip",
     ],
 )
 def test_dockerignore_keeps_environments_state_secrets_and_tests_out(path):

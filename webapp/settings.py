@@ -16,7 +16,9 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 
 def env_str(name: str, default: str = "") -> str:
-    return os.environ.get(name, default)
+    """The variable's value; unset and empty both mean the default (an `.env` line `KEY=`, as
+    docker compose passes it, must not turn a path into the working directory)."""
+    return os.environ.get(name) or default
 
 
 def env_bool(name: str, default: bool) -> bool:
@@ -348,9 +350,13 @@ USE_TZ = True
 # ------------------------------------------------------------------------------------------
 if not DEBUG:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    # true: browsers reach the site over https (TLS ends at a proxy that sends
+    # X-Forwarded-Proto); false: a plain-HTTP install (a LAN without TLS, docker compose's
+    # default). Secure cookies are never sent back over http, so they follow it: forced on, a
+    # plain-HTTP site could not keep anyone logged in (docs/deployment.md, TLS).
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
-    SESSION_COOKIE_SECURE = True
-    CSRF_COOKIE_SECURE = True
+    SESSION_COOKIE_SECURE = SECURE_SSL_REDIRECT
+    CSRF_COOKIE_SECURE = SECURE_SSL_REDIRECT
     SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True

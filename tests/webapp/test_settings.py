@@ -159,3 +159,55 @@ def test_a_bad_quota_is_refused_at_start(raw):
     assert result.returncode == 1
     assert f"QUOTA_MAX_QUEUED_RUNS={raw}" in result.stderr or raw in result.stderr
     assert "ImproperlyConfigured" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [(None, "True True True"), ("true", "True True True"), ("false", "False False False")],
+)
+def test_cookies_are_https_only_exactly_when_the_site_is_served_over_https(raw, expected):
+    """SECURE_SSL_REDIRECT says the site is served over https; a browser never sends a Secure
+    cookie back over http, so on a plain-HTTP install (false) forced-secure session and CSRF
+    cookies would make logging in impossible."""
+    env = production() if raw is None else production(SECURE_SSL_REDIRECT=raw)
+
+    result = python(
+        "import webapp.settings as s; "
+        "print(s.SECURE_SSL_REDIRECT, s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE)",
+        **env,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == expected
+
+
+LOGIN_PAGE_OVER_HTTP = """
+import django
+django.setup()
+from django.conf import settings
+from django.test import Client, override_settings
+# No collectstatic here: static URLs without the production manifest.
+plain = {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}
+with override_settings(STORAGES={**settings.STORAGES, "staticfiles": plain}):
+    response = Client().get("/accounts/login/")
+cookie = response.cookies.get("csrftoken")
+print(response.status_code, response.get("Location", "-"), bool(cookie and cookie["secure"]))
+"""
+
+
+@pytest.mark.slow  # imports the whole project (torch included)
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("false", "200 - False"),  # plain HTTP: the page, and a cookie the browser sends back
+        ("true", "301 https://testserver/accounts/login/ False"),  # behind TLS: to https first
+    ],
+)
+def test_a_plain_http_install_serves_the_login_form_with_a_cookie_it_can_send_back(raw, expected):
+    env = production(SECURE_SSL_REDIRECT=raw, ALLOWED_HOSTS="testserver")
+    env["DJANGO_SETTINGS_MODULE"] = "webapp.settings"
+
+    result = python(LOGIN_PAGE_OVER_HTTP, **env)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == expected

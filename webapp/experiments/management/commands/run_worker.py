@@ -92,8 +92,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--runs-per-gpu",
             type=int,
-            default=int(os.environ.get("RUNS_PER_GPU", "1") or 1),
-            help="runs trained at once on the GPU, one process each (default $RUNS_PER_GPU or 1)",
+            default=None,
+            help="runs trained at once on the GPU, one process each (default $RUNS_PER_GPU with "
+            "--gpu, else 1)",
         )
         parser.add_argument(
             "--queues",
@@ -111,9 +112,16 @@ class Command(BaseCommand):
     def handle(self, *args, **options) -> None:
         queues = [q.strip() for q in options["queues"].split(",")] if options["queues"] else None
         gpu = options["gpu"]
+        runs = options["runs_per_gpu"]
+        if runs is None:
+            # The environment's default applies to GPU workers only, so one .env serves both.
+            raw = os.environ.get("RUNS_PER_GPU", "") if gpu is not None else ""
+            if raw and not raw.strip().isdigit():
+                raise CommandError(f"RUNS_PER_GPU={raw!r} is not a whole number")
+            runs = int(raw) if raw else 1
         argv, env = worker_command(
             gpu=gpu,
-            runs_per_gpu=options["runs_per_gpu"],
+            runs_per_gpu=runs,
             queues=queues,
             host=options["hostname"],
             loglevel=options["loglevel"],

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from django.http import FileResponse, Http404, HttpRequest
+from django.http import Http404, HttpRequest
 from ninja import Path, Query, Router, Status
 
 from webapp.experiments import metrics_series, services
 from webapp.experiments.access import get_run_for_user, visible_config
+from webapp.experiments.artifacts import download_response
 from webapp.experiments.exports import metrics_csv_response
 from webapp.experiments.filtering import DEFAULT_SORT, SORTS, RunFilters, filter_runs
 from webapp.experiments.models import Run
@@ -165,15 +166,10 @@ def run_initialization(request: HttpRequest, run_id: RunId):
     run = get_run_for_user(user_of(request), run_id)
     if run.status != Run.Status.SUCCEEDED or not run.initialization:
         raise Http404
-    try:
-        handle = run.initialization.open("rb")
-    except FileNotFoundError:
-        raise Http404 from None
-    return FileResponse(
-        handle,
-        as_attachment=True,
-        filename=f"run-{run.pk}-initialization.safetensors",
-        content_type="application/octet-stream",
+    return download_response(
+        run.initialization,
+        f"run-{run.pk}-initialization.safetensors",
+        "application/octet-stream",
     )
 
 

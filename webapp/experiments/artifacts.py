@@ -8,6 +8,7 @@ an attempt that lost its run (a worker that woke up after being paused) can repl
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db.models.fields.files import FieldFile
 from django.http import FileResponse, Http404, HttpResponse, HttpResponseRedirect
+
+from metatrain.checkpoint import write_json_atomic
 
 from . import run_files
 from .models import Run
@@ -34,10 +37,22 @@ def store_artifacts(run: Run, attempt: int, out_dir: str | os.PathLike[str]) -> 
     for path in sources.values():
         if not path.is_file():
             raise FileNotFoundError(f"{path.name} is missing: training did not finish writing it")
+    public_config(sources["config_file"])
     return {
         field: run_files.upload(path, run_files.artifact_name(run.pk, attempt, path.name))
         for field, path in sources.items()
     }
+
+
+def public_config(path: Path) -> None:
+    """Rewrite a run's config.json without the folder its data was read from on this worker
+    host: users download it, and a server path is nobody's business (the config hash does not
+    depend on it)."""
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    config = doc.get("config")
+    if isinstance(config, dict) and config.get("data_dir") is not None:
+        config["data_dir"] = None
+        write_json_atomic(path, doc)
 
 
 def download_response(file: FieldFile, filename: str, content_type: str) -> HttpResponse:

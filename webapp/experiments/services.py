@@ -16,7 +16,7 @@ from django.utils import timezone
 from metatrain import Config, ConfigError
 from webapp.datasets.models import UserDataset
 
-from . import quotas
+from . import quotas, run_files
 from .dataset_checks import DB_PK_MAX, check_dataset_fits, get_user_dataset
 from .dispatch import enqueue_on_commit
 from .errors import QuotaExceeded, ServiceError, ValidationFailed
@@ -143,14 +143,14 @@ def delete_experiment(experiment: Experiment) -> None:
     """Delete an experiment with its runs, points and files; refused while a run is running."""
     if experiment.runs.filter(status=Run.Status.RUNNING).exists():
         raise ServiceError("Cancel the running runs first; a running run cannot be deleted.")
-    files = []
-    for run in experiment.runs.all():
-        files += [f for f in (run.initialization, run.config_file) if f]
+    run_ids = list(experiment.runs.values_list("pk", flat=True))
     experiment.delete()
 
     def _remove_files() -> None:
-        for f in files:
-            f.storage.delete(f.name)
+        # Everything stored under each run (checkpoints, initializations, configs, the strays
+        # of lost attempts) and this host's scratch folders; other hosts sweep their own.
+        for run_id in run_ids:
+            run_files.delete_run_files(run_id)
 
     transaction.on_commit(_remove_files)
 

@@ -8,6 +8,7 @@ it, a run trained to succeeded."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -387,4 +388,9 @@ def test_a_processed_upload_trains_a_run_to_succeeded(owner, tmp_path, settings)
     assert run.test_tasks == 5 and 0.0 <= run.test_accuracy <= 1.0
     assert run.config["data_dir"] is None
     assert (settings.DATASET_CACHE_ROOT / dataset.content_hash / "test").is_dir()
+    # The config.json users download names no folder of the worker host.
+    with run.config_file.open("rb") as fh:
+        document = json.loads(fh.read())
+    assert document["config"]["data_dir"] is None
+    assert str(settings.DATASET_CACHE_ROOT) not in json.dumps(document)
     assert run.initialization.name.endswith("initialization.safetensors")

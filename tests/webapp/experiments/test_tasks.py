@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import pytest
 from django.core.files.storage import default_storage
+from django.utils import timezone
 from safetensors.torch import load_file
 
 import metatrain
 from webapp.experiments import run_files, services, workers
 from webapp.experiments.models import Evaluation, MetricPoint, Run, RunAttempt
 from webapp.experiments.reporter import DbReporter
-from webapp.experiments.tasks import supervise_runs, train_run
+from webapp.experiments.tasks import NO_CAPACITY, failure_reason, supervise_runs, train_run
 
 # Committed transactions, as in a worker: the reporter's keep-alive thread has its own
 # database connection and must see the claimed run.
@@ -230,3 +231,28 @@ def test_task_workers_give_a_cpu_run_the_same_results_as_one_process(owner, tiny
         load_file(default_storage.path(r.initialization.name)) for r in (alone, side_by_side)
     ]
     assert all(weights[0][k].equal(weights[1][k]) for k in weights[0])
+
+
+def test_a_gpu_without_room_for_another_run_leaves_it_queued_for_another_worker(
+    sine_run, monkeypatch
+):
+    monkeypatch.setattr(workers, "has_room_for_another_run", lambda hostname: False)
+    Run.objects.filter(pk=sine_run.pk).update(dispatched_at=timezone.now())
+    assert train_run(sine_run.pk) == NO_CAPACITY
+    run = Run.objects.get(pk=sine_run.pk)
+    assert (run.status, run.attempts, run.dispatched_at) == (Run.Status.QUEUED, 0, None)
+
+
+def test_a_failure_reason_names_the_servers_folders_never_their_paths(settings, tmp_path):
+    settings.DATASET_CACHE_ROOT = tmp_path / "srv" / "cache"
+    settings.METATRAIN_DATA = str(tmp_path / "srv" / "data")
+    try:
+        raise FileNotFoundError(
+            f"{settings.DATASET_CACHE_ROOT}/0af3/train not found; "
+            f"{settings.METATRAIN_DATA}/miniimagenet not found"
+        )
+    except FileNotFoundError as exc:
+        reason = failure_reason(exc)
+    assert str(tmp_path) not in reason
+    assert "<DATASET_CACHE_ROOT>/0af3/train not found" in reason
+    assert "<METATRAIN_DATA>/miniimagenet not found" in reason

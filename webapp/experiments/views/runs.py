@@ -9,13 +9,15 @@ from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from .. import exports, metrics_series, services
 from ..access import can_change, dataset_shown, get_run_for_user, visible_config
+from ..artifacts import download_response
+from ..dispatch import queue_name, queue_served
 from ..filtering import SORTS, RunFilters, filter_runs
 from ..forms import config_fields
 from ..models import Run
@@ -95,7 +97,22 @@ def run_state(run: Run) -> dict:
         "test_accuracy": round_fraction(run.test_accuracy),
         "test_ci95": round_fraction(run.test_ci95),
         "can_cancel": services.can_cancel(run),
+        "waiting_for": waiting_for(run),
     }
+
+
+def waiting_for(run: Run) -> str:
+    """Why a queued run is not trained yet, when nothing will take it: no live worker serves its
+    queue (runs on the gpu queue with only CPU workers, say). Empty otherwise."""
+    if run.status != Run.Status.QUEUED or run.cancel_requested:
+        return ""
+    if queue_served(run.queue):
+        return ""
+    wanted = {"gpu": "a GPU worker", "cpu": "a CPU worker"}.get(run.queue, "a worker")
+    return (
+        f"No worker serves the {queue_name(run.queue)} queue: this run waits until {wanted} "
+        "starts (manage.py run_worker)."
+    )
 
 
 @login_required
@@ -209,9 +226,5 @@ def run_download(request: HttpRequest, pk: int, artifact: str) -> HttpResponse:
     stored = getattr(run, field_name)
     if run.status != Run.Status.SUCCEEDED or not stored:
         raise Http404("This run has no such file yet: downloads appear when it succeeds.")
-    try:
-        handle = stored.open("rb")
-    except FileNotFoundError:
-        raise Http404("The file is missing from storage.") from None
     content_type = "application/json" if artifact == "config.json" else "application/octet-stream"
-    return FileResponse(handle, as_attachment=True, filename=artifact, content_type=content_type)
+    return download_response(stored, artifact, content_type)

@@ -11,7 +11,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from webapp.experiments.models import Evaluation, MetricPoint, Run, RunAttempt
+from webapp.experiments.models import Evaluation, MetricPoint, Run, RunAttempt, Worker
 
 RUNS = reverse("run-list")
 
@@ -404,3 +404,15 @@ def test_the_run_page_offers_downloads_and_the_loading_snippet_once_succeeded(
 
     assert reverse("run-download", args=[run.pk, "initialization.safetensors"]) in body
     assert "from safetensors.torch import load_file" in body
+
+
+def test_a_queued_run_no_live_worker_serves_says_what_it_waits_for(client, owner, make_run):
+    run = make_run(owner, status=Run.Status.QUEUED, queue="gpu")
+    Worker.objects.create(hostname="train-cpu@box", queues="cpu,any", last_seen=timezone.now())
+    client.force_login(owner)
+
+    body = client.get(run.get_absolute_url()).content.decode()
+    assert "No worker serves the gpu queue" in body
+
+    Worker.objects.create(hostname="train-gpu0@box", queues="gpu,any", last_seen=timezone.now())
+    assert "No worker serves" not in client.get(run.get_absolute_url()).content.decode()

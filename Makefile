@@ -24,9 +24,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow and not e2e" $(PYTEST_ARGS)
 
-## make worker: one more Celery worker against CELERY_BROKER_URL.
+## make worker: one more training worker against CELERY_BROKER_URL (WORKER_ARGS="--gpu 0" on a
+## GPU host; one worker per GPU).
 worker: $(STAMP)
-	$(VENV)/bin/celery -A webapp worker -Q cpu,any --concurrency 1 --prefetch-multiplier 1 -O fair -l info
+	$(PY) manage.py run_worker $(WORKER_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

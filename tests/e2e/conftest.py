@@ -165,6 +165,7 @@ def e2e_redis(redis_server_url) -> Iterator[redis.Redis]:
 def worker_env(transactional_db, e2e_redis, settings, tmp_path) -> dict[str, str]:
     settings.RUNS_ROOT = tmp_path / "runs"
     settings.MEDIA_ROOT = tmp_path / "media"
+    settings.DATASET_CACHE_ROOT = tmp_path / "dataset-cache"
     kwargs = e2e_redis.connection_pool.connection_kwargs
     env = dict(os.environ)
     env.update(
@@ -174,6 +175,7 @@ def worker_env(transactional_db, e2e_redis, settings, tmp_path) -> dict[str, str
             "CELERY_BROKER_URL": f"redis://{kwargs['host']}:{kwargs['port']}/{E2E_REDIS_DB}",
             "RUNS_ROOT": str(settings.RUNS_ROOT),
             "MEDIA_ROOT": str(settings.MEDIA_ROOT),
+            "DATASET_CACHE_ROOT": str(settings.DATASET_CACHE_ROOT),
             "METATRAIN_DATA": django_settings.METATRAIN_DATA,
             "RUN_HEARTBEAT_SECONDS": "1",
             # Task worker processes cost more to start than these tiny runs take; the test

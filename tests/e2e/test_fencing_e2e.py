@@ -46,10 +46,6 @@ def _endless(**overrides) -> dict:
     return config
 
 
-def _signal_group(worker, sig: int) -> None:
-    os.killpg(worker.pid, sig)
-
-
 def _training(pk: int, past: int = 0, attempt: int | None = None):
     def check():
         run = Run.objects.get(pk=pk)
@@ -89,7 +85,7 @@ def test_a_worker_woken_after_losing_its_run_writes_nothing(
     run = services.create_experiment(owner, name="paused", config=_endless(), seeds=[0]).runs.get()
     wait_for(_training(run.pk, 30), 120, "worker A to train", worker=worker_a)
 
-    _signal_group(worker_a, signal.SIGSTOP)
+    worker_a.pause()
     paused_at = Run.objects.get(pk=run.pk).iteration
     assert wait_for(lambda: supervise_runs()["lost"], 30, "the supervisor to notice") == [run.pk]
 
@@ -103,11 +99,11 @@ def test_a_worker_woken_after_losing_its_run_writes_nothing(
         worker=worker_b,
     )
     assert resumed.checkpoint_file.name.startswith(f"runs/{run.pk}/checkpoints/attempt-2-")
-    _signal_group(worker_b, signal.SIGSTOP)
+    worker_b.pause()
     time.sleep(1)  # B's last in-flight write, if any, lands before the snapshot
     before = _snapshot(run)
 
-    _signal_group(worker_a, signal.SIGCONT)
+    worker_a.resume()
     wait_for(
         lambda: RunAttempt.objects.get(run=run, number=1).process_done_at,
         60,
@@ -124,7 +120,7 @@ def test_a_worker_woken_after_losing_its_run_writes_nothing(
         for p in a_folder.iterdir()
     )
 
-    _signal_group(worker_b, signal.SIGCONT)
+    worker_b.resume()
     wait_for(_training(run.pk, before["row"]["iteration"] + 10, attempt=2), 60, "B to go on")
     services.request_cancel(run)
     run = wait_for_run(run.pk, FINAL, timeout=60, worker=worker_b)
@@ -159,7 +155,7 @@ def test_a_run_whose_task_workers_hang_is_declared_stalled_and_resumed_on_a_fres
         env={
             "WORKER_TASK_WORKERS": "2",
             "RUN_RECYCLE_GRACE_SECONDS": "2",
-            "WORKER_HEARTBEAT_SECONDS": "2",
+            "WORKER_HEARTBEAT_SECONDS": "1",
         },
     )
     # Adam from a fresh state per task: a meta-batch's tasks run in the task workers.

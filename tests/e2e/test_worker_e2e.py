@@ -4,6 +4,7 @@ resumed after SIGKILL."""
 
 from __future__ import annotations
 
+import tempfile
 import time
 
 import pytest
@@ -15,7 +16,7 @@ from metatrain.checkpoint import load_checkpoint
 from metatrain.data import omniglot_available
 from webapp.experiments import services
 from webapp.experiments.models import Evaluation, MetricPoint, Run, RunAttempt, Worker
-from webapp.experiments.tasks import run_dir, supervise_runs
+from webapp.experiments.tasks import supervise_runs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -69,7 +70,10 @@ def _training(pk: int, past: int = 0):
 
 
 def _assert_stored_initialization(run: Run) -> None:
-    assert run.initialization.name == f"runs/{run.pk}/initialization.safetensors"
+    assert (
+        run.initialization.name
+        == f"runs/{run.pk}/attempt-{run.attempts}/initialization.safetensors"
+    )
     path = default_storage.path(run.initialization.name)
     model = metatrain.load_initialization(path)
     assert set(load_file(path)) == set(model.state_dict())
@@ -192,15 +196,18 @@ def test_a_killed_worker_is_detected_lost_and_its_run_resumed(
     run.refresh_from_db()
     assert run.status == Run.Status.QUEUED
     assert "no heartbeat for" in RunAttempt.objects.get(run=run, number=1).reason
-    # The kill can land between a checkpoint's file and its record: the file is the truth,
-    # and every point up to it was stored before the file was written.
-    on_disk = load_checkpoint(run_dir(run) / "checkpoint.pt")["iteration"]
-    assert on_disk >= run.checkpoint_iteration >= 20
-    assert _steps(run, "inner_loss")[:on_disk] == list(range(1, on_disk + 1))
+    # The stored checkpoint the row points to is where any host resumes; every point up to
+    # it was stored before its file was written.
+    with default_storage.open(run.checkpoint_file.name) as fh, tempfile.NamedTemporaryFile() as f:
+        f.write(fh.read())
+        f.flush()
+        stored = load_checkpoint(f.name)["iteration"]
+    assert stored == run.checkpoint_iteration >= 20
+    assert _steps(run, "inner_loss")[:stored] == list(range(1, stored + 1))
 
     rescuer = start_worker(name="rescuer")
-    wait_for(_training(run.pk, on_disk), 90, "the run to resume", worker=rescuer)
-    assert RunAttempt.objects.get(run=run, number=2).start_iteration == on_disk
+    wait_for(_training(run.pk, stored), 90, "the run to resume", worker=rescuer)
+    assert RunAttempt.objects.get(run=run, number=2).start_iteration == stored
     services.request_cancel(run)
     run = wait_for_run(run.pk, FINAL, timeout=60, worker=rescuer)
     assert run.status == Run.Status.CANCELLED

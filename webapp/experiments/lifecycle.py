@@ -186,11 +186,12 @@ def mark_stale_runs_lost(now: datetime | None = None) -> list[int]:
     ):
         last = run.heartbeat_at or run.started_at
         age = (now - last).total_seconds()
-        # The heartbeat means progress: a worker that still reports itself alive but whose
-        # run stopped advancing is stuck (a hung kernel, a stopped task worker), not gone.
-        alive_within = max(limit, 4 * settings.WORKER_HEARTBEAT_SECONDS)
+        # The heartbeat means progress: a worker that went on reporting itself alive well
+        # after its run stopped advancing is stuck (a hung kernel, a stopped task worker), not
+        # gone. A dead worker's last report is within a heartbeat or so of its run's.
+        margin = min(2 * settings.RUN_HEARTBEAT_SECONDS, limit / 2)
         worker_alive = Worker.objects.filter(
-            hostname=run.worker, last_seen__gte=now - timedelta(seconds=alive_within)
+            hostname=run.worker, last_seen__gt=last + timedelta(seconds=margin)
         ).exists()
         what = "stalled: no progress" if worker_alive else "no heartbeat"
         reason = (

@@ -217,3 +217,14 @@ def test_a_release_of_a_run_whose_cancel_was_requested_cancels_it(queued_run):
     assert run.status == Run.Status.CANCELLED
     assert "worker shut down at iteration 3" in run.status_reason
     assert RunAttempt.objects.get(run=run).outcome == Run.Status.CANCELLED
+
+
+def test_a_run_whose_worker_went_quiet_with_it_is_called_gone_not_stalled(queued_run, limits):
+    """A SIGKILLed worker: its last report came with (or just after) its run's last heartbeat."""
+    run = _claim(queued_run)
+    _go_stale(run, 75)
+    beat = Run.objects.get(pk=run.pk).heartbeat_at
+    Worker.objects.create(hostname="w1", last_seen=beat + timedelta(seconds=1))
+    assert lifecycle.mark_stale_runs_lost() == [run.pk]
+    run.refresh_from_db()
+    assert run.status_reason.startswith("no heartbeat for 75 s")

@@ -349,7 +349,7 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str], out: IO[str], err: 
             ckpt = load_checkpoint(ckpt_path)
         except Exception as exc:  # a torn or foreign file: say so rather than overwrite it
             raise UsageError(f"cannot read {ckpt_path}: {_one_line(exc)}") from exc
-        if ckpt["config_hash"] != config.config_hash():
+        if not config.hash_matches(ckpt["config_hash"]):
             raise UsageError(
                 f"{ckpt_path} belongs to a different config "
                 f"({_differences(ckpt['config'], config.to_dict())}); "

@@ -201,9 +201,22 @@ class Config:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def config_hash(self) -> str:
-        """sha256 hex of the canonical JSON (sorted keys, no spaces): stable across runs."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+        """sha256 hex of the canonical JSON (sorted keys, no spaces) of what is trained.
+
+        ``data_dir`` says where the files are on this host, not what was trained: it is hashed
+        as None, so a run resumes on another host whose data lives elsewhere (and the hash of
+        a config without ``data_dir`` is what it always was)."""
+        return _sha256_json({**self.to_dict(), "data_dir": None})
+
+    def legacy_config_hash(self) -> str:
+        """The hash of every field, ``data_dir`` included, as checkpoints written before
+        ``config_hash`` left it out recorded it."""
+        return _sha256_json(self.to_dict())
+
+    def hash_matches(self, stored: str) -> bool:
+        """Whether ``stored`` (a checkpoint's or a run's recorded hash) is this config's, by
+        either rule (``config_hash`` or ``legacy_config_hash``)."""
+        return stored in (self.config_hash(), self.legacy_config_hash())
 
     def replace(self, **changes: Any) -> Config:
         """A validated copy with ``changes`` applied."""
@@ -229,6 +242,11 @@ class Config:
         if self.algorithm == "fomaml":
             return self.train_shots + self.fomaml_tail_shots
         return self.train_shots
+
+
+def _sha256_json(data: dict[str, Any]) -> str:
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def _check_type(name: str, value: Any) -> Any:

@@ -171,7 +171,7 @@ def train(
 
     ckpt_path = out / CHECKPOINT_FILE
     ckpt = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
-    if ckpt is not None and ckpt["config_hash"] != config.config_hash():
+    if ckpt is not None and not config.hash_matches(ckpt["config_hash"]):
         raise CheckpointMismatchError(
             f"{ckpt_path} belongs to a different config (hash {ckpt['config_hash'][:12]}, "
             f"this config {config.config_hash()[:12]}); use a new out_dir"

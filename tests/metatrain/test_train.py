@@ -263,6 +263,36 @@ def test_a_checkpoint_of_another_config_is_not_overwritten(fake_data, tmp_path):
     assert (tmp_path / "checkpoint.pt").read_bytes() == saved
 
 
+def test_a_checkpoint_resumes_with_the_data_elsewhere(fake_data, tmp_path):
+    # Another host keeps the same data in another folder: the run is the same run.
+    train(
+        tiny(data_dir="/data/here"), tmp_path / "a", reporter=Recorder(stop_after=2), device="cpu"
+    )
+    result = train(tiny(data_dir="/mnt/there"), tmp_path / "a", device="cpu")
+    assert (result.iterations_done, result.stopped) == (6, False)
+    train(tiny(), tmp_path / "b", device="cpu")
+    a = load_file(str(tmp_path / "a" / "initialization.safetensors"))
+    b = load_file(str(tmp_path / "b" / "initialization.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_checkpoint_written_with_the_legacy_hash_still_resumes(fake_data, tmp_path):
+    # Checkpoints written before data_dir was left out of the hash recorded the full dict's.
+    config = tiny(data_dir="/data/here")
+    train(config, tmp_path, reporter=Recorder(stop_after=2), device="cpu")
+    path = tmp_path / "checkpoint.pt"
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["config_hash"] == config.config_hash() != config.legacy_config_hash()
+    ckpt["config_hash"] = config.legacy_config_hash()
+    torch.save(ckpt, path)
+    result = train(config, tmp_path, device="cpu")
+    assert (result.iterations_done, result.stopped) == (6, False)
+    ckpt["config_hash"] = "0" * 64  # neither rule's: refused
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointMismatchError):
+        train(config, tmp_path, device="cpu")
+
+
 def test_train_accepts_a_plain_dict_and_validates_it(fake_data, tmp_path):
     from metatrain import ConfigError
 

@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from .algorithms import ALGORITHMS, algorithm_of
+
 __all__ = [
     "Config",
     "ConfigError",
@@ -50,7 +52,9 @@ class ConfigError(ValueError):
         self.message = message
         super().__init__(f"{field}: {message}")
 
-    def __reduce__(self):  # keep (field, message) when pickled across processes (Celery)
+    def __reduce__(  # keep (field, message) when pickled across processes (Celery)
+        self,
+    ) -> tuple[type[ConfigError], tuple[str, str]]:
         return (type(self), (self.field, self.message))
 
 
@@ -68,7 +72,7 @@ _SPEC: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "shots": ("int", None),
     "train_shots": ("int", None),
     "queries": ("int", None),
-    "algorithm": ("str", ("reptile", "fomaml")),
+    "algorithm": ("str", tuple(ALGORITHMS)),
     "fomaml_tail_shots": ("int", None),
     "inner_optimizer": ("str", ("adam", "sgd")),
     "inner_lr": ("float", None),
@@ -175,6 +179,10 @@ class Config:
     sine_points: int = 10
 
     FIELD_HELP: ClassVar[dict[str, str]] = _FIELD_HELP
+    #: field -> its allowed values, for the fields that take one of a few.
+    FIELD_CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        name: choices for name, (_, choices) in _SPEC.items() if choices is not None
+    }
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -239,9 +247,7 @@ class Config:
     @property
     def training_shots(self) -> int:
         """Examples per class a training task draws (FOMAML adds its disjoint tail)."""
-        if self.algorithm == "fomaml":
-            return self.train_shots + self.fomaml_tail_shots
-        return self.train_shots
+        return algorithm_of(self).training_shots(self)
 
 
 def _sha256_json(data: dict[str, Any]) -> str:
@@ -298,10 +304,12 @@ def _check_values(cfg: Config) -> None:
         "shots",
         "train_shots",
         "queries",
-        "fomaml_tail_shots",
         "sine_points",
     ):
         _at_least(cfg, name, 1)
+    for algorithm in ALGORITHMS.values():  # whichever is chosen, as every field is checked
+        for name, low in algorithm.fields.items():
+            _at_least(cfg, name, low)
     for name in ("validation_interval", "validation_classes", "seed", "split_seed"):
         _at_least(cfg, name, 0)
     for name in ("seed", "split_seed"):
@@ -361,10 +369,10 @@ def _check_omniglot_counts(cfg: Config) -> None:
             f"{per_class} images",
         )
     if cfg.training_shots > per_class:
-        what = "train_shots + fomaml_tail_shots" if cfg.algorithm == "fomaml" else "train_shots"
         raise ConfigError(
             "train_shots",
-            f"{what} = {cfg.training_shots} but an Omniglot class has {per_class} images",
+            f"{algorithm_of(cfg).explain_training_shots(cfg)} but an Omniglot class has "
+            f"{per_class} images",
         )
 
 

@@ -51,7 +51,7 @@ def inner_step(
     x: torch.Tensor,
     y: torch.Tensor,
     config: Config,
-) -> float:
+) -> torch.Tensor:
     """One step on the batch (x, y); its loss per example, measured before the step.
 
     Classification minimises the cross-entropy summed over the batch (the paper's TF code
@@ -64,7 +64,7 @@ def inner_step(
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
-    return loss.item() / len(y) if config.is_classification else loss.item()
+    return loss.detach() / len(y) if config.is_classification else loss.detach()
 
 
 def _start_task(
@@ -94,7 +94,7 @@ def reptile_meta_step(
         _start_task(model, optimizer, theta, config)
         batches = mini_batches(support_x, support_y, config.inner_batch, config.inner_iters, rng)
         for x, y in batches:
-            losses.append(inner_step(model, optimizer, x, y, config))
+            losses.append(float(inner_step(model, optimizer, x, y, config)))
         adapted.append([p.detach().clone() for p in model.parameters()])
     with torch.no_grad():
         for p, start, *phis in zip(model.parameters(), theta, *adapted, strict=True):
@@ -121,9 +121,9 @@ def fomaml_meta_step(
         _start_task(model, optimizer, theta, config)
         steps = config.inner_iters - 1
         for x, y in mini_batches(support_x, support_y, config.inner_batch, steps, rng):
-            losses.append(inner_step(model, optimizer, x, y, config))
+            losses.append(float(inner_step(model, optimizer, x, y, config)))
         before = [p.detach().clone() for p in model.parameters()]
-        losses.append(inner_step(model, optimizer, tail_x, tail_y, config))
+        losses.append(float(inner_step(model, optimizer, tail_x, tail_y, config)))
         updates.append([p.detach() - b for p, b in zip(model.parameters(), before, strict=True)])
     with torch.no_grad():
         for p, start, *us in zip(model.parameters(), theta, *updates, strict=True):

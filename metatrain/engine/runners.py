@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +31,7 @@ from .by_hand import Pending
 from .learner import Learner
 from .pool import TaskPool
 from .stacked import evaluate_regression_tasks, train_regression_tasks
-from .tasks import ScoreResult, TaskContext, TrainResult, score_task, train_task
+from .tasks import ScoredTask, TaskContext, TrainedTask, score_task, train_task
 
 __all__ = ["TaskRunner", "SerialRunner", "PoolRunner", "StackedRunner", "STACKED_TASKS"]
 
@@ -49,13 +48,13 @@ class TaskRunner:
 
     name = ""
 
-    def train(self, jobs: TrainJobs, theta: Sequence[torch.Tensor]) -> Iterator[TrainResult]:
+    def train(self, jobs: TrainJobs, theta: Sequence[torch.Tensor]) -> Iterator[TrainedTask]:
         """Each training task's (share, inner steps), the learner's weights left at theta."""
         raise NotImplementedError
 
     def evaluate(
         self, jobs: EvalJobs, theta: Sequence[torch.Tensor], transductive: bool
-    ) -> Iterator[ScoreResult]:
+    ) -> Iterator[ScoredTask]:
         """Each evaluation task's (score, loss before or None), every task from theta and the
         optimizer state the learner has now; both are as before when this returns."""
         raise NotImplementedError
@@ -70,7 +69,7 @@ class SerialRunner(TaskRunner):
         self.learner = learner
         self.context = TaskContext(learner, config)
 
-    def train(self, jobs: TrainJobs, theta: Sequence[torch.Tensor]) -> Iterator[TrainResult]:
+    def train(self, jobs: TrainJobs, theta: Sequence[torch.Tensor]) -> Iterator[TrainedTask]:
         learner, ctx = self.learner, self.context
         ctx.theta, ctx.snapshot = list(theta), None  # the optimizer's state chains, if kept
         drawn = list(jobs)
@@ -97,7 +96,7 @@ class SerialRunner(TaskRunner):
 
     def evaluate(
         self, jobs: EvalJobs, theta: Sequence[torch.Tensor], transductive: bool
-    ) -> Iterator[ScoreResult]:
+    ) -> Iterator[ScoredTask]:
         learner, ctx = self.learner, self.context
         ctx.theta, ctx.snapshot = list(theta), learner.optimizer_snapshot()
         try:
@@ -120,7 +119,7 @@ class PoolRunner(TaskRunner):
     def __init__(self, pool: TaskPool, learner: Learner) -> None:
         self.pool, self.learner = pool, learner
 
-    def train(self, jobs: TrainJobs, theta: Sequence[torch.Tensor]) -> Iterator[TrainResult]:
+    def train(self, jobs: TrainJobs, theta: Sequence[torch.Tensor]) -> Iterator[TrainedTask]:
         if self.learner.keep_state:
             raise ValueError(
                 "tasks that share Adam's moments (keep_adam_state) cannot run side by side"
@@ -130,7 +129,7 @@ class PoolRunner(TaskRunner):
 
     def evaluate(
         self, jobs: EvalJobs, theta: Sequence[torch.Tensor], transductive: bool
-    ) -> Iterator[ScoreResult]:
+    ) -> Iterator[ScoredTask]:
         learner = self.learner
         self.pool.set_weights(theta)
         self.pool.set_optimizer_state(
@@ -153,7 +152,7 @@ class StackedRunner(TaskRunner):
     def _lr(self) -> float:
         return float(self.learner.optimizer.param_groups[0]["lr"])
 
-    def train(self, jobs: TrainJobs, theta: Sequence[torch.Tensor]) -> Iterator[TrainResult]:
+    def train(self, jobs: TrainJobs, theta: Sequence[torch.Tensor]) -> Iterator[TrainedTask]:
         drawn = list(jobs)
         tasks, orders = [t for t, _ in drawn], [o for _, o in drawn]
         shares, steps = train_regression_tasks(
@@ -170,7 +169,7 @@ class StackedRunner(TaskRunner):
 
     def evaluate(
         self, jobs: EvalJobs, theta: Sequence[torch.Tensor], transductive: bool
-    ) -> Iterator[ScoreResult]:
+    ) -> Iterator[ScoredTask]:
         pending = iter(jobs)
         while chunk := list(itertools.islice(pending, STACKED_TASKS)):
             after, before = evaluate_regression_tasks(
@@ -185,8 +184,11 @@ class StackedRunner(TaskRunner):
             yield from zip(after.unbind(), before.unbind(), strict=True)
 
 
-def make_runner(kind: str, learner: Learner, config: Config, pool: Any = None) -> TaskRunner:
-    """The runner named ``kind`` ("serial", "pool", "stacked") around ``learner``."""
+def make_runner(
+    kind: str, learner: Learner, config: Config, pool: TaskPool | None = None
+) -> TaskRunner:
+    """The runner named ``kind`` ("serial", "pool", "stacked"; a ``Plan``'s ``training`` or
+    ``evaluation``) around ``learner``."""
     if kind == "stacked":
         return StackedRunner(learner, config)
     if kind == "pool":

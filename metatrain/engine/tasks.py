@@ -29,8 +29,8 @@ from .learner import Learner, Snapshot, StepRecorder
 
 __all__ = [
     "TaskContext",
-    "TrainResult",
-    "ScoreResult",
+    "TrainedTask",
+    "ScoredTask",
     "train_task",
     "score_task",
     "grouped_forward",
@@ -42,9 +42,9 @@ _MAX_IMAGES_PER_PASS_CPU = 128
 _MAX_IMAGES_PER_PASS_GPU = 8192
 
 # (the task's share of the update, each inner step's (mean loss, correct, examples))
-TrainResult = tuple[Sequence[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor | None, int]]]
+TrainedTask = tuple[Sequence[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor | None, int]]]
 # (score, loss before adaptation or None)
-ScoreResult = tuple[torch.Tensor, torch.Tensor | None]
+ScoredTask = tuple[torch.Tensor, torch.Tensor | None]
 
 
 class TaskContext:
@@ -80,7 +80,7 @@ class TaskContext:
         self.learner.load_params(self.theta)
 
 
-def train_task(ctx: TaskContext, task: TaskTensors, order: np.ndarray) -> TrainResult:
+def train_task(ctx: TaskContext, task: TaskTensors, order: np.ndarray) -> TrainedTask:
     """Train on one task from theta (the learner at theta, ``ctx.start_task`` called): the
     algorithm's share of the update (possibly the learner's own tensors: read them before the
     next task) and each inner step's statistics."""
@@ -96,7 +96,7 @@ def train_task(ctx: TaskContext, task: TaskTensors, order: np.ndarray) -> TrainR
 
 def score_task(
     ctx: TaskContext, task: Sequence[torch.Tensor], order: np.ndarray, transductive: bool
-) -> ScoreResult:
+) -> ScoredTask:
     """Adapt to one evaluation task on the mini-batches ``order`` (the learner at theta,
     ``ctx.start_task`` called); (score, loss before adaptation or None).
 

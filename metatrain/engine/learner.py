@@ -248,6 +248,11 @@ class Learner:
             self.reset_optimizer_state()
         self._first = first
 
+    def drop_first(self) -> None:
+        """Forget a first step's gradients not taken (a task that failed before its first
+        step); the caller cancels them."""
+        self._first = None
+
     # --- optimizer state ------------------------------------------------------------------
 
     def reset_optimizer_state(self) -> None:

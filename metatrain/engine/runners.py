@@ -90,6 +90,7 @@ class SerialRunner(TaskRunner):
         finally:
             # After a failure: the helper drops what is left (a job still reading theta
             # when the next step overwrites it computes numbers nobody takes).
+            learner.drop_first()
             for pending in firsts:
                 if pending is not None:
                     pending.cancel()

@@ -32,6 +32,8 @@ worker: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(PY) tools/import_cycles.py metatrain
 	$(PY) manage.py makemigrations --check --dry-run
 
 format: $(STAMP)

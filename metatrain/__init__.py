@@ -5,13 +5,18 @@ Algorithms", Nichol, Achiam & Schulman, 2018). The public API (docs/metatrain-ap
 this module exports; everything else is private.
 """
 
+from .algorithms import ALGORITHMS
 from .checkpoint import load_initialization, save_initialization
 from .config import PRESETS, Config, ConfigError, preset, validate_against_data
-from .evaluate import EvalResult, evaluate
+from .engine.compute import Compute
+from .evaluate import evaluate
 from .reporting import NullReporter, PrintReporter, Reporter
-from .train import CheckpointMismatchError, TrainResult, train
+from .results import EvalResult, TrainResult
+from .train import CheckpointMismatchError, train
 
 __all__ = [
+    "ALGORITHMS",
+    "Compute",
     "Config",
     "ConfigError",
     "PRESETS",

@@ -1,35 +1,34 @@
-"""``python -m metatrain bench``: the library against a plain PyTorch loop, same work, same process.
+"""``python -m metatrain bench``: the library against the plain loop, same work, same process.
 
 What is compared (omniglot-5way-1shot, real Omniglot from ``$METATRAIN_DATA``):
 
 - meta-training: (a) the library's real ``train()`` (metrics file, reporter calls and all), timed
   between two of its ``on_iteration`` callbacks, so model building, data loading, starting the
-  task workers and the final checkpoint are outside the clock; (b) ``plain_meta_step``:
-  Reptile written the usual way, a ``copy.deepcopy`` of the model and a fresh
-  ``torch.optim.Adam(betas=(0, 0.999))`` (PyTorch's defaults otherwise) per task, the outer
-  update with ``torch.stack(...).mean``. Both draw tasks from the same ``TaskSampler`` and
-  mini-batches from ``mini_batches``, with the preset's hyperparameters: 5 tasks per
-  meta-batch, 5 inner steps of batch 10 on 10 shots per class, summed cross-entropy. Twice:
-  with the preset as the paper runs it (the library keeps Adam's moments across tasks, which
-  costs the same arithmetic as fresh ones but makes the tasks a strict sequence), and with
-  ``keep_adam_state=False``, exactly the plain loop's arithmetic, where the library runs the
-  meta-batch's tasks side by side in task worker processes (``metatrain.parallel``).
+  task workers and the final checkpoint are outside the clock; (b) the plain loop,
+  ``metatrain.reference.reptile_meta_step``: Reptile in the paper's plain form, one model and
+  a ``torch.optim.Adam``, the meta-weights put back before each task, autograd's
+  ``backward`` and the optimizer's ``step`` for every inner step. Both draw tasks from the
+  same ``TaskSampler`` and mini-batches from ``mini_batches``, with the preset's
+  hyperparameters. Twice: with the preset as the paper runs it (Adam's moments chained
+  across tasks, which makes the tasks a strict sequence: the library runs them one after
+  another), and with ``keep_adam_state=False``, where the library runs the meta-batch's
+  tasks side by side in task worker processes (``metatrain.engine.pool``). The plain loop
+  always starts each task from a fresh Adam, as a loop written the usual way does (the same
+  arithmetic as the chained one).
 - evaluation: (a) the library's ``evaluate()`` on a network, with task workers, timed from its
-  first task after the warm-up ones to its return; (b) ``plain_eval_task``: deepcopy + fresh
-  Adam + 50 steps of batch 5 + predicting the (transductive) queries.
+  first task after the warm-up ones to its return; (b) ``metatrain.reference.evaluate_task``
+  (fresh Adam, 50 steps of batch 5, the transductive queries).
 - sine evaluation (the ``sine`` preset, no data needed): ``evaluate()``, which adapts 100 tasks
-  at once (``metatrain.stacked``), against ``plain_sine_eval_task``: deepcopy + fresh SGD + 32
-  steps of batch 10 + the query grid's loss.
+  at once (``metatrain.engine.stacked``), against ``reference.evaluate_task`` (SGD, 32 steps
+  of batch 10, the query grid's loss).
 
 Both sides are warmed up first, then timed in alternating rounds (A B, B A, ...) so that load
-from other processes falls on both alike. ``tests/metatrain/test_bench.py`` checks that the
-plain loop computes the same weights and accuracies as the library, so the ratio compares
-equal work.
+from other processes falls on both alike. The tests hold the library to the same reference
+(``tests/metatrain/test_reference.py``), so the ratio compares equal work.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import platform
@@ -37,26 +36,19 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from . import seeding
+from . import reference, seeding
 from .config import Config, preset
-from .data import (
-    SineTask,
-    SineTaskSampler,
-    Task,
-    TaskSampler,
-    load_class_splits,
-    mini_batches,
-    omniglot_available,
-)
+from .data import SineTaskSampler, TaskSampler, load_class_splits, omniglot_available
+from .engine.compute import Compute
+from .engine.device import float32_precision, usable_cores
 from .models import build_model
-from .parallel import usable_cores
 from .reporting import Reporter
 
 __all__ = [
@@ -66,9 +58,6 @@ __all__ = [
     "steal_share",
     "machine_info",
     "workload_info",
-    "plain_meta_step",
-    "plain_eval_task",
-    "plain_sine_eval_task",
     "run_bench",
     "format_report",
 ]
@@ -84,90 +73,6 @@ STEAL_NOTE = 0.05  # steal share from which the report warns that the host was c
 def bench_config(**overrides: Any) -> Config:
     """The preset with validation and periodic checkpoints off (they are not what is timed)."""
     return preset(PRESET, validation_interval=0, **overrides)
-
-
-# --- the plain loop -------------------------------------------------------------------------
-
-
-def _fresh_adam(model: nn.Module, config: Config) -> torch.optim.Adam:
-    return torch.optim.Adam(model.parameters(), lr=config.inner_lr, betas=(0.0, config.adam_beta2))
-
-
-def _plain_adapt(
-    learner: nn.Module,
-    task: Task,
-    config: Config,
-    batch_size: int,
-    num_batches: int,
-    rng: np.random.Generator,
-    losses: list[float] | None = None,
-) -> None:
-    """A fresh Adam and ``num_batches`` steps on the task's support set; each step's mean loss
-    appended to ``losses`` if given (``.item()`` syncs a GPU, so evaluation asks for none)."""
-    optimizer = _fresh_adam(learner, config)
-    for xb, yb in mini_batches(task.support_x, task.support_y, batch_size, num_batches, rng):
-        loss = F.cross_entropy(learner(xb), yb, reduction="sum")
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if losses is not None:
-            losses.append(loss.item() / len(yb))
-
-
-def plain_meta_step(
-    model: nn.Module,
-    sample_task: Callable[[], Task],
-    config: Config,
-    step_size: float,
-    rng: np.random.Generator,
-) -> float:
-    """One Reptile outer step the usual way; returns the mean inner loss.
-
-    Per task: deepcopy the model, a fresh Adam, ``inner_iters`` steps on ``inner_batch``
-    examples; then theta <- theta + step_size * (mean of the adapted weights - theta).
-    """
-    adapted: list[list[torch.Tensor]] = []
-    losses: list[float] = []
-    for _ in range(config.meta_batch):
-        task = sample_task()
-        learner = copy.deepcopy(model)
-        _plain_adapt(learner, task, config, config.inner_batch, config.inner_iters, rng, losses)
-        adapted.append([p.detach() for p in learner.parameters()])
-    with torch.no_grad():
-        for i, p in enumerate(model.parameters()):
-            mean = torch.stack([weights[i] for weights in adapted]).mean(0)
-            p.add_(mean - p, alpha=step_size)
-    return sum(losses) / len(losses)
-
-
-def plain_eval_task(
-    model: nn.Module, task: Task, config: Config, rng: np.random.Generator
-) -> float:
-    """Accuracy on one task the usual way: deepcopy, fresh Adam, ``eval_inner_iters`` steps of
-    ``eval_inner_batch``, then all queries in one batch (transductive)."""
-    learner = copy.deepcopy(model)
-    _plain_adapt(learner, task, config, config.eval_inner_batch, config.eval_inner_iters, rng)
-    with torch.no_grad():
-        pred = learner(task.query_x).argmax(1)
-    return (pred == task.query_y).float().mean().item()
-
-
-def plain_sine_eval_task(
-    model: nn.Module, task: SineTask, config: Config, rng: np.random.Generator
-) -> float:
-    """Query mean squared error of one sine task the usual way: deepcopy, a fresh SGD,
-    ``eval_inner_iters`` steps of ``eval_inner_batch``, then the query grid."""
-    learner = copy.deepcopy(model)
-    optimizer = torch.optim.SGD(learner.parameters(), lr=config.inner_lr)
-    for xb, yb in mini_batches(
-        task.support_x, task.support_y, config.eval_inner_batch, config.eval_inner_iters, rng
-    ):
-        loss = F.mse_loss(learner(xb), yb)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    with torch.no_grad():
-        return F.mse_loss(learner(task.query_x), task.query_y).item()
 
 
 # --- machine --------------------------------------------------------------------------------
@@ -307,8 +212,7 @@ Seconds = tuple[float, float]  # (wall, cpu)
 def _library_train(
     config: Config,
     n: int,
-    device: torch.device,
-    workers: int = 1,
+    compute: Compute,
     started: dict[str, Any] | None = None,
 ) -> Seconds:
     """Seconds the real ``train()`` takes for ``n`` meta-iterations after TRAIN_WARMUP (the
@@ -320,23 +224,29 @@ def _library_train(
     cfg = config.replace(meta_iters=total, checkpoint_interval=total + 1)
     clock = _TrainClock(TRAIN_WARMUP)
     with tempfile.TemporaryDirectory(prefix="metatrain-bench-") as out:
-        train(cfg, out, reporter=clock, device=device, workers=workers)
+        train(cfg, out, reporter=clock, compute=compute)
     if started is not None:
         started.update(clock.info)
     assert clock.t0 is not None and clock.t1 is not None
     return clock.t1[0] - clock.t0[0], clock.t1[1] - clock.t0[1]
 
 
+def _plain(config: Config) -> Config:
+    """The plain loop's config: each task from a fresh inner optimizer."""
+    return config.replace(keep_adam_state=False)
+
+
 class _PlainTrainer:
-    """The plain loop's state across rounds: one model, one task stream."""
+    """The plain loop's state across rounds: one model and optimizer, one task stream."""
 
     def __init__(self, config: Config, splits: Any, device: torch.device) -> None:
-        self.config = config
+        self.config = _plain(config)
         self.device = device
         self.model = build_model(config, generator=seeding.init_generator(config.seed)).to(device)
+        self.optimizer = reference.inner_optimizer(self.model, self.config)
         self.rng = seeding.train_rng(config.seed)
         sampler = TaskSampler(splits.train, config.ways, config.train_shots, 0, self.rng)
-        self.sample = lambda: sampler.sample().to(device)
+        self.sample: Callable[[], Any] = lambda: sampler.sample().to(device)
         self.iteration = 0
 
     def run(self, n: int) -> Seconds:
@@ -346,51 +256,53 @@ class _PlainTrainer:
             self.iteration += 1
             frac = (self.iteration - 1) / self.config.meta_iters
             step = frac * self.config.meta_step_final + (1 - frac) * self.config.meta_step
-            plain_meta_step(self.model, self.sample, self.config, step, self.rng)
+            reference.reptile_meta_step(
+                self.model, self.optimizer, self.sample, self.config, step, self.rng
+            )
         _sync(self.device)
         return _since(t0)
 
 
-def _library_eval(
-    model: nn.Module, config: Config, n: int, device: torch.device, workers: int = 1
-) -> Seconds:
+def _library_eval(model: nn.Module, config: Config, n: int, compute: Compute) -> Seconds:
     """Seconds ``evaluate()`` takes for ``n`` tasks after EVAL_WARMUP (with task workers the
     clock starts when the task after the warm-up ones is handed out)."""
     from .evaluate import evaluate
 
+    device = compute.resolve_device()
     clock = _EvalClock(EVAL_WARMUP, device)
-    evaluate(model, config, tasks=EVAL_WARMUP + n, reporter=clock, device=device, workers=workers)
+    evaluate(model, config, tasks=EVAL_WARMUP + n, reporter=clock, compute=compute)
     _sync(device)
     assert clock.t0 is not None
     return _since(clock.t0)
 
 
 class _PlainEvaluator:
-    """The plain loop's evaluation: ``eval_task(model, task, config, rng)`` on test tasks drawn
-    as ``evaluate()`` draws them (its test-split random stream); ``make_sampler(rng)``
-    returns the task sampler."""
+    """The plain loop's evaluation, ``reference.evaluate_task``, on test tasks drawn as
+    ``evaluate()`` draws them (its test-split random stream); ``make_sampler(rng)`` returns
+    the task sampler."""
 
     def __init__(
         self,
         model: nn.Module,
         config: Config,
         make_sampler: Callable[[np.random.Generator], Any],
-        eval_task: Callable[[nn.Module, Any, Config, np.random.Generator], float],
         device: torch.device,
     ):
         self.model = model
-        self.config = config
-        self.eval_task = eval_task
+        self.config = _plain(config)
+        self.optimizer = reference.inner_optimizer(model, self.config)
         self.device = device
         self.rng = seeding.eval_rng(config.seed, "test")
         sampler = make_sampler(self.rng)
-        self.sample = lambda: sampler.sample().to(device)
+        self.sample: Callable[[], Any] = lambda: sampler.sample().to(device)
 
     def run(self, n: int) -> Seconds:
         _sync(self.device)
         t0 = _now()
         for _ in range(n):
-            self.eval_task(self.model, self.sample(), self.config, self.rng)
+            reference.evaluate_task(
+                self.model, self.optimizer, self.sample(), self.config, self.rng
+            )
         _sync(self.device)
         return _since(t0)
 
@@ -468,8 +380,7 @@ def run_bench(
     eval_tasks: int | None = None,
     seconds: float = 20.0,
     rounds: int = 4,
-    device: str | torch.device | None = None,
-    workers: int | str | None = "auto",
+    compute: Compute | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Time training and evaluation, library vs plain loop; a JSON-ready dict.
@@ -478,33 +389,34 @@ def run_bench(
     fresh Adam): ``train``, the preset as the paper runs it (Adam's moments chained across
     tasks, so the library runs its tasks one after another); ``train_fresh_adam``, the preset
     with ``keep_adam_state=False``, the plain loop's own arithmetic, where the library runs a
-    meta-batch's tasks side by side on ``workers`` processes; ``evaluate``, with ``workers``.
-    The plain loop uses this process's torch threads (``--threads``).
+    meta-batch's tasks side by side on ``compute.workers`` processes (default: one per usable
+    core); ``evaluate``, with those workers. The plain loop uses this process's torch threads
+    (``--threads``).
 
     ``iterations``/``eval_tasks``: timed per side (None: as many as take about ``seconds``
     on the slower side, measured during the warm-up). Raises DataError without Omniglot.
     """
-    from .parallel import resolve_workers
-    from .runtime import float32_precision, resolve_device
-
-    dev = resolve_device(device)
-    count = resolve_workers(workers, dev)
+    compute = compute if compute is not None else Compute(workers="auto")
+    dev = compute.resolve_device()
+    count = compute.cores(dev)
+    library = Compute(device=str(dev), workers=count, cuda_graphs=compute.cuda_graphs)
     # The plain loop too: on a GPU both sides then compute in IEEE float32, as train() does.
     with float32_precision(dev):
         return _run_comparisons(
-            dev, count, iterations, eval_tasks, seconds, rounds, log or (lambda text: None)
+            dev, library, iterations, eval_tasks, seconds, rounds, log or (lambda text: None)
         )
 
 
 def _run_comparisons(
     dev: torch.device,
-    count: int,
+    library: Compute,
     iterations: int | None,
     eval_tasks: int | None,
     seconds: float,
     rounds: int,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
+    count = library.cores(dev)
     config = bench_config()
     machine = machine_info(dev)
     machine["library_workers"] = count
@@ -517,7 +429,7 @@ def _run_comparisons(
     plain_trainer = _PlainTrainer(config, splits, dev)
     started: dict[str, Any] = {}
     train_result = _compare(
-        lambda n: _library_train(config, n, dev, count, started),
+        lambda n: _library_train(config, n, library, started),
         plain_trainer.run,
         iterations,
         seconds,
@@ -531,7 +443,7 @@ def _run_comparisons(
     fresh = config.replace(keep_adam_state=False)
     log(f"meta-training, fresh Adam per task, {count} task worker(s) (meta-iterations/s):")
     fresh_result = _compare(
-        lambda n: _library_train(fresh, n, dev, count),
+        lambda n: _library_train(fresh, n, library),
         _PlainTrainer(fresh, splits, dev).run,
         iterations,
         seconds,
@@ -547,11 +459,10 @@ def _run_comparisons(
         model,
         config,
         lambda rng: TaskSampler(splits.test, config.ways, config.shots, config.queries, rng),
-        plain_eval_task,
         dev,
     )
     eval_result = _compare(
-        lambda n: _library_eval(model, config, n, dev, count),
+        lambda n: _library_eval(model, config, n, library),
         plain_evaluator.run,
         eval_tasks,
         seconds,
@@ -561,16 +472,15 @@ def _run_comparisons(
     )
     eval_result["library_workers"] = count
 
-    log("sine evaluation, tasks adapted 100 at a time (metatrain.stacked) (tasks/s):")
+    log("sine evaluation, tasks adapted 100 at a time (metatrain.engine.stacked) (tasks/s):")
     sine = preset(SINE_PRESET, seed=config.seed)
     sine_model = build_model(sine, generator=torch.Generator().manual_seed(0)).to(dev)
     sine_result = _compare(
-        lambda n: _library_eval(sine_model, sine, n, dev),
+        lambda n: _library_eval(sine_model, sine, n, replace(library, workers=1)),
         _PlainEvaluator(
             sine_model,
             sine,
             lambda rng: SineTaskSampler(rng, sine.sine_points),
-            plain_sine_eval_task,
             dev,
         ).run,
         eval_tasks,

@@ -53,7 +53,7 @@ INITIALIZATION_FILE = "initialization.safetensors"
 METRICS_FILE = "metrics.jsonl"
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> None:
     """Write ``path`` through ``write(file)`` into a temp file, fsync it, then rename it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,7 +127,7 @@ def read_document(path: str | os.PathLike[str]) -> dict[str, Any]:
     if path.is_dir():
         path = path / CONFIG_FILE
     with open(path, encoding="utf-8") as f:
-        doc = json.load(f)
+        doc: dict[str, Any] = json.load(f)
     version = doc.get("format_version")
     if version != FORMAT_VERSION:
         raise ValueError(
@@ -169,7 +169,7 @@ def save_checkpoint(
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A checkpoint as a dict (tensors on CPU); ``numpy_rng`` decoded back into a dict."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
     version = state.get("format_version")
     if version != FORMAT_VERSION:
         raise ValueError(f"{path}: unsupported checkpoint format_version {version!r}")

@@ -19,10 +19,11 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from .algorithms import ALGORITHMS
 from .checkpoint import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -32,6 +33,7 @@ from .checkpoint import (
 )
 from .config import PRESETS, Config, ConfigError, preset
 from .data import DataError
+from .engine.compute import Compute
 from .reporting import PrintReporter, Reporter
 from .train import CheckpointMismatchError
 
@@ -72,7 +74,7 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)", prog=self.prog)
 
 
-def _int_at_least(low: int, what: str):
+def _int_at_least(low: int, what: str) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -270,7 +272,7 @@ def _preset_rows() -> list[dict[str, Any]]:
                 "ways": "-" if sine else c["ways"],
                 "shots": c["sine_points"] if sine else c["shots"],
                 "train shots": c["train_shots"],
-                "algorithm": c["algorithm"],
+                "algorithm": ALGORITHMS[c["algorithm"]].label,
                 "inner": f"{c['inner_optimizer']} lr {c['inner_lr']:g}",
                 "batch x iters": f"{c['inner_batch']} x {c['inner_iters']}",
                 "meta batch": c["meta_batch"],
@@ -303,6 +305,9 @@ def cmd_presets(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     out.write(
         "\nshots: K of the evaluation tasks (sine: points per task). Every field of every "
         f"preset: {PROG} presets --json; change one with train --set key=value.\n"
+        "algorithms (--set algorithm=NAME): "
+        + "; ".join(f"{a.name}: {a.label}, {a.description}" for a in ALGORITHMS.values())
+        + "\n"
     )
     return EXIT_OK
 
@@ -349,7 +354,7 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str], out: IO[str], err: 
             ckpt = load_checkpoint(ckpt_path)
         except Exception as exc:  # a torn or foreign file: say so rather than overwrite it
             raise UsageError(f"cannot read {ckpt_path}: {_one_line(exc)}") from exc
-        if ckpt["config_hash"] != config.config_hash():
+        if not config.hash_matches(ckpt["config_hash"]):
             raise UsageError(
                 f"{ckpt_path} belongs to a different config "
                 f"({_differences(ckpt['config'], config.to_dict())}); "
@@ -374,15 +379,7 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str], out: IO[str], err: 
 
     try:
         with _stop_signals_set(flag):
-            result = train(
-                config,
-                run_dir,
-                reporter=reporter,
-                device=args.device,
-                workers=args.workers,
-                cuda_graphs=not args.no_cuda_graphs,
-                tf32=args.tf32,
-            )
+            result = train(config, run_dir, reporter=reporter, compute=_compute(args))
     except (DataError, ConfigError, CheckpointMismatchError):
         if not existed:  # do not leave an empty folder behind a failed start
             with contextlib.suppress(OSError):
@@ -489,10 +486,7 @@ def cmd_evaluate(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
             transductive=args.transductive,
             seed=args.seed,
             reporter=progress,
-            device=args.device,
-            workers=args.workers,
-            cuda_graphs=not args.no_cuda_graphs,
-            tf32=args.tf32,
+            compute=_compute(args),
         )
     progress.finish(result.tasks)
     if result.stopped:
@@ -532,8 +526,7 @@ def cmd_bench(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         eval_tasks=args.eval_tasks,
         seconds=args.seconds,
         rounds=args.rounds,
-        device=args.device,
-        workers=args.workers,
+        compute=_compute(args),
         log=log,
     )
     if args.json:
@@ -552,6 +545,17 @@ WORKERS_HELP = (
     "as one; ignored on a GPU. Training tasks only qualify without keep_adam_state; with it "
     "(the presets), N > 1 lets a conv net's serial steps use a second thread instead"
 )
+
+
+def _compute(args: argparse.Namespace) -> Compute:
+    """The ``Compute`` the options ask for (``--device``, ``--workers``, ``--no-cuda-graphs``,
+    ``--tf32``)."""
+    return Compute(
+        device=args.device,
+        workers=args.workers,
+        cuda_graphs=not getattr(args, "no_cuda_graphs", False),
+        tf32=getattr(args, "tf32", False),
+    )
 
 
 def _add_compute_options(p: argparse.ArgumentParser, *, cuda_graphs: bool) -> None:

@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from .algorithms import ALGORITHMS, algorithm_of
+
 __all__ = [
     "Config",
     "ConfigError",
@@ -51,7 +53,9 @@ class ConfigError(ValueError):
         self.message = message
         super().__init__(f"{field}: {message}")
 
-    def __reduce__(self):  # keep (field, message) when pickled across processes (Celery)
+    def __reduce__(  # keep (field, message) when pickled across processes (Celery)
+        self,
+    ) -> tuple[type[ConfigError], tuple[str, str]]:
         return (type(self), (self.field, self.message))
 
 
@@ -69,7 +73,7 @@ _SPEC: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "shots": ("int", None),
     "train_shots": ("int", None),
     "queries": ("int", None),
-    "algorithm": ("str", ("reptile", "fomaml")),
+    "algorithm": ("str", tuple(ALGORITHMS)),
     "fomaml_tail_shots": ("int", None),
     "inner_optimizer": ("str", ("adam", "sgd")),
     "inner_lr": ("float", None),
@@ -176,6 +180,10 @@ class Config:
     sine_points: int = 10
 
     FIELD_HELP: ClassVar[dict[str, str]] = _FIELD_HELP
+    #: field -> its allowed values, for the fields that take one of a few.
+    FIELD_CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        name: choices for name, (_, choices) in _SPEC.items() if choices is not None
+    }
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -202,9 +210,22 @@ class Config:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def config_hash(self) -> str:
-        """sha256 hex of the canonical JSON (sorted keys, no spaces): stable across runs."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+        """sha256 hex of the canonical JSON (sorted keys, no spaces) of what is trained.
+
+        ``data_dir`` says where the files are on this host, not what was trained: it is hashed
+        as None, so a run resumes on another host whose data lives elsewhere (and the hash of
+        a config without ``data_dir`` is what it always was)."""
+        return _sha256_json({**self.to_dict(), "data_dir": None})
+
+    def legacy_config_hash(self) -> str:
+        """The hash of every field, ``data_dir`` included, as checkpoints written before
+        ``config_hash`` left it out recorded it."""
+        return _sha256_json(self.to_dict())
+
+    def hash_matches(self, stored: str) -> bool:
+        """Whether ``stored`` (a checkpoint's or a run's recorded hash) is this config's, by
+        either rule (``config_hash`` or ``legacy_config_hash``)."""
+        return stored in (self.config_hash(), self.legacy_config_hash())
 
     def replace(self, **changes: Any) -> Config:
         """A validated copy with ``changes`` applied."""
@@ -227,9 +248,12 @@ class Config:
     @property
     def training_shots(self) -> int:
         """Examples per class a training task draws (FOMAML adds its disjoint tail)."""
-        if self.algorithm == "fomaml":
-            return self.train_shots + self.fomaml_tail_shots
-        return self.train_shots
+        return algorithm_of(self).training_shots(self)
+
+
+def _sha256_json(data: dict[str, Any]) -> str:
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def field_specs() -> dict[str, tuple[str, tuple[str, ...] | None, str]]:
@@ -295,10 +319,12 @@ def _check_values(cfg: Config) -> None:
         "shots",
         "train_shots",
         "queries",
-        "fomaml_tail_shots",
         "sine_points",
     ):
         _at_least(cfg, name, 1)
+    for algorithm in ALGORITHMS.values():  # whichever is chosen, as every field is checked
+        for name, low in algorithm.fields.items():
+            _at_least(cfg, name, low)
     for name in ("validation_interval", "validation_classes", "seed", "split_seed"):
         _at_least(cfg, name, 0)
     for name in ("seed", "split_seed"):
@@ -358,10 +384,10 @@ def _check_omniglot_counts(cfg: Config) -> None:
             f"{per_class} images",
         )
     if cfg.training_shots > per_class:
-        what = "train_shots + fomaml_tail_shots" if cfg.algorithm == "fomaml" else "train_shots"
         raise ConfigError(
             "train_shots",
-            f"{what} = {cfg.training_shots} but an Omniglot class has {per_class} images",
+            f"{algorithm_of(cfg).explain_training_shots(cfg)} but an Omniglot class has "
+            f"{per_class} images",
         )
 
 

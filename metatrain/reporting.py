@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
-if TYPE_CHECKING:
-    from .evaluate import EvalResult
-    from .train import TrainResult
+from .results import EvalResult, TrainResult
 
 __all__ = ["Reporter", "NullReporter", "PrintReporter", "Heartbeat"]
 

@@ -49,7 +49,8 @@ def init_generator(seed: int) -> torch.Generator:
 
 def numpy_state(rng: np.random.Generator) -> dict[str, Any]:
     """The generator's state as a JSON-serialisable dict (Python ints, strings)."""
-    return _plain(rng.bit_generator.state)
+    state: dict[str, Any] = _plain(rng.bit_generator.state)
+    return state
 
 
 def set_numpy_state(rng: np.random.Generator, state: dict[str, Any]) -> None:

@@ -31,14 +31,13 @@ import json
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import seeding
-from .algorithms import Learner, TaskTensors, make_algorithm, meta_step_size
+from .algorithms import TaskTensors, algorithm_of, meta_step_size
 from .checkpoint import (
     CHECKPOINT_FILE,
     METRICS_FILE,
@@ -50,26 +49,21 @@ from .checkpoint import (
 )
 from .config import Config, validate_against_data
 from .data import SineTaskSampler, TaskSampler, load_class_splits
-from .evaluate import EvalResult, run_evaluation, task_source
+from .engine.compute import Compute, compute_from
+from .engine.device import float32_precision, one_thread, prepare_model, to_device
+from .engine.learner import Learner
+from .engine.meta_step import MetaStep
+from .engine.pool import TaskPool
+from .engine.runners import make_runner
+from .evaluate import run_evaluation, task_source
 from .models import build_model
-from .parallel import TaskPool, one_thread, resolve_workers, useful_workers
 from .reporting import Heartbeat, Reporter
-from .runtime import float32_precision, prepare_model, resolve_device, to_device
+from .results import EvalResult, TrainResult
 
 __all__ = ["TrainResult", "train", "CheckpointMismatchError"]
 
 # Seconds between reporter.heartbeat() calls (the contract promises at most 2 s).
 HEARTBEAT_INTERVAL = 1.0
-
-
-@dataclass
-class TrainResult:
-    """How far training got. ``stopped``: a stop request ended it early (resumable)."""
-
-    iterations_done: int
-    total_iterations: int
-    stopped: bool
-    out_dir: str
 
 
 class CheckpointMismatchError(ValueError):
@@ -101,7 +95,7 @@ def _training_tasks(
     channels_last: bool,
 ) -> Any:
     """A function returning one training task (support, labels, tail, tail labels) on device."""
-    tail = config.fomaml_tail_shots if config.algorithm == "fomaml" else 0
+    tail = algorithm_of(config).tail_shots(config)
     if not config.is_classification:
         sampler = SineTaskSampler(rng, config.train_shots + tail)
         k = config.train_shots
@@ -139,28 +133,24 @@ def train(
     config: Config | Mapping[str, Any],
     out_dir: str | os.PathLike[str],
     reporter: Reporter | None = None,
-    device: str | torch.device | None = None,
-    workers: int | str | None = 1,
-    cuda_graphs: bool = True,
-    stack_tasks: bool = True,
-    tf32: bool = False,
+    compute: Compute | None = None,
+    **legacy: Any,
 ) -> TrainResult:
     """Meta-train per ``config`` into ``out_dir`` (resuming if it holds a checkpoint).
 
-    ``workers``: processes that run independent tasks side by side on the CPU (``"auto"``: one
-    per usable core; ignored on a GPU), with the same results (``metatrain.parallel``).
-    Validation tasks are always independent; a meta-batch's training tasks only when each
-    starts from a fresh inner optimizer (not with ``keep_adam_state``, the paper's setting).
-    ``cuda_graphs``: on a GPU, replay each inner step from a CUDA graph (``metatrain.cuda_graphs``).
-    ``stack_tasks``: a regression MLP with SGD (the sine preset) adapts a meta-batch's tasks,
-    and its validation tasks, many at once (``metatrain.stacked``; the same up to rounding).
-    ``tf32``: on an NVIDIA GPU, let convolutions and matrix products use TF32 tensor cores
-    (``metatrain.runtime.float32_precision``); the default is IEEE float32, as on a CPU.
+    ``compute``: where and how (``metatrain.Compute``; default the CPU or CUDA if available,
+    one process), never what: task workers run independent tasks side by side on the CPU with
+    the same results (validation tasks always, a meta-batch's training tasks only when each
+    starts from a fresh inner optimizer, not with ``keep_adam_state``, the paper's setting);
+    serial tasks use a spare core for a helper thread; a regression MLP with SGD adapts a
+    meta-batch's tasks many at once (the same up to rounding). ``legacy``: ``device=``,
+    ``workers=``, ``cuda_graphs=``, ``stack_tasks=``, ``tf32=`` as before ``Compute``
+    (deprecated).
     """
+    compute = compute_from(compute, legacy, "train")
     if not isinstance(config, Config):
         config = Config.from_dict(config)
     reporter = reporter or Reporter()
-    dev = resolve_device(device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -171,7 +161,7 @@ def train(
 
     ckpt_path = out / CHECKPOINT_FILE
     ckpt = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
-    if ckpt is not None and ckpt["config_hash"] != config.config_hash():
+    if ckpt is not None and not config.hash_matches(ckpt["config_hash"]):
         raise CheckpointMismatchError(
             f"{ckpt_path} belongs to a different config (hash {ckpt['config_hash'][:12]}, "
             f"this config {config.config_hash()[:12]}); use a new out_dir"
@@ -180,8 +170,12 @@ def train(
 
     torch_gen = seeding.init_generator(config.seed)
     model = build_model(config, generator=torch_gen)
+    plan = compute.plan_training(config, model)
+    dev = plan.device
     channels_last = prepare_model(model, dev)
-    learner = Learner.from_config(model, config, cuda_graphs=cuda_graphs)
+    learner = Learner.from_config(
+        model, config, cuda_graphs=plan.cuda_graphs, helper_thread=plan.helper_thread
+    )
     rng = seeding.train_rng(config.seed)
     start = 0
     if ckpt is not None:
@@ -191,7 +185,6 @@ def train(
         if ckpt["torch_rng"].numel():
             torch_gen.set_state(ckpt["torch_rng"])
         start = int(ckpt["iteration"])
-    algorithm = make_algorithm(learner, config, stack_tasks)
     sample_task = _training_tasks(config, splits, rng, dev, channels_last)
     val_split = _validation_split(config, splits)
 
@@ -216,6 +209,8 @@ def train(
         reporter.on_checkpoint(iteration, str(ckpt_path))
         return True
 
+    pool: TaskPool | None = None
+
     def validate() -> EvalResult:
         vrng = seeding.eval_rng(config.seed, val_split)
         source = task_source(config, val_split, vrng, dev, channels_last, splits)
@@ -225,45 +220,32 @@ def train(
             source,
             config.validation_tasks,
             vrng,
+            validation_runner,
             split=val_split,
             transductive=config.transductive,
             reporter=reporter,
             heartbeat=heartbeat,
             optimizer_state="training",
-            pool=pool,
-            stack_tasks=stack_tasks,
         )
 
-    cores = resolve_workers(workers, dev)
-    count = useful_workers(config, cores, stack_tasks)
-    if learner.keep_state and not config.validation_interval:
-        count = 1  # chained tasks stay serial and nothing else would use the workers
-    pool = TaskPool(model, config, count) if count > 1 else None
-    # A meta-batch's tasks share Adam's moments under keep_adam_state: they stay serial.
-    train_pool = pool if not learner.keep_state else None
-    # Serial tasks on a CPU with a second core: that core takes each step's weight gradients and
-    # most of its Adam update, and computes the later tasks' first steps ahead
-    # (metatrain.threaded_backward), and this thread drops to one torch thread meanwhile.
-    # Measured against two intra-op threads (1.2 vs 1.33 ms per Omniglot step); a process
-    # given more intra-op threads than that keeps them (not measured against the helper).
-    threaded = (
-        dev.type == "cpu"
-        and train_pool is None
-        and cores > 1
-        and torch.get_num_threads() <= 2
-        and learner.use_threaded_backward()
-    )
+    # With a helper thread, this thread drops to one torch thread meanwhile.
+    threaded = learner.step_kind == "helper_thread"
     try:
+        if plan.workers > 1:
+            pool = TaskPool(model, config, plan.workers)
+        meta_step = MetaStep(learner, config, make_runner(plan.training, learner, config, pool))
+        validation_runner = make_runner(plan.evaluation, learner, config, pool)
         reporter.on_start(
             {
                 "start_iteration": start,
                 "total_iterations": total,
                 "device": str(dev),
-                "task_workers": count,
-                "cuda_graphs": learner.graphs is not None,
-                "parallel_training_tasks": train_pool is not None,
+                "task_workers": plan.workers,
+                "cuda_graphs": learner.step_kind == "cuda_graph",
+                "parallel_training_tasks": plan.training == "pool",
                 "threaded_backward": threaded,
-                "tf32": tf32 and dev.type == "cuda",
+                "inner_step": learner.step_kind,
+                "tf32": plan.tf32 and dev.type == "cuda",
                 "config": config.to_dict(),
             }
         )
@@ -273,7 +255,7 @@ def train(
         with (
             open(metrics_path, "a", encoding="utf-8") as metrics_file,
             one_thread() if threaded else contextlib.nullcontext(),
-            float32_precision(dev, tf32),
+            float32_precision(dev, plan.tf32),
         ):
             while iteration < total:
                 if reporter.should_stop():
@@ -282,8 +264,8 @@ def train(
                 iteration += 1
                 t0 = time.perf_counter()
                 step_size = meta_step_size(config, iteration)
-                metrics: dict[str, float] = algorithm.step(
-                    sample_task, step_size, rng, tick=heartbeat.beat, pool=train_pool
+                metrics: dict[str, float] = meta_step(
+                    sample_task, step_size, rng, tick=heartbeat.beat
                 )
                 metrics["meta_step_size"] = step_size
                 metrics["seconds"] = time.perf_counter() - t0
@@ -292,15 +274,14 @@ def train(
                 reporter.on_iteration(iteration, metrics)
 
                 if config.validation_interval and iteration % config.validation_interval == 0:
-                    result = validate()
-                    if result.stopped:
+                    validation = validate()
+                    if validation.stopped:
                         stopped = True
                         break
-                    metrics_file.write(
-                        json.dumps({"iteration": iteration, "validation": result.to_dict()}) + "\n"
-                    )
+                    record = {"iteration": iteration, "validation": validation.to_dict()}
+                    metrics_file.write(json.dumps(record) + "\n")
                     metrics_file.flush()
-                    reporter.on_validation(iteration, result)
+                    reporter.on_validation(iteration, validation)
 
                 if (
                     iteration % config.checkpoint_interval == 0 or iteration == total

@@ -41,7 +41,9 @@ class DataError(ValueError):
             message += f". Expected: {expected}"
         super().__init__(message)
 
-    def __reduce__(self):  # keep path/expected when pickled across processes
+    def __reduce__(  # keep path/expected when pickled across processes
+        self,
+    ) -> tuple[type[DataError], tuple[str, str | None, str | None]]:
         return (type(self), (self.problem, self.path, self.expected))
 
 
@@ -179,7 +181,8 @@ class TensorClassDataset(ClassDataset):
         return self._sizes
 
     def gather_uint8(self, classes: np.ndarray, indices: np.ndarray) -> np.ndarray:
-        return self._flat[self._ids[classes] * self._per_class + indices]
+        images: np.ndarray = self._flat[self._ids[classes] * self._per_class + indices]
+        return images
 
 
 class RotatedClassDataset(ClassDataset):

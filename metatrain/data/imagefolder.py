@@ -74,7 +74,8 @@ class _LazyClass:
             for i in np.unique(indices[~self._loaded[indices]]):
                 self._storage[i] = self._decode(self.files[i])
                 self._loaded[i] = True
-            return self._storage[indices]
+            images: np.ndarray = self._storage[indices]
+            return images
 
     def _decode(self, path: Path) -> np.ndarray:
         try:

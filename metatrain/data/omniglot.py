@@ -233,7 +233,7 @@ def _nearest_indices(src: int, dst: int) -> np.ndarray:
     vectorised resize bit-identical to ``Image.resize`` on each image.
     """
     probe = Image.fromarray(np.arange(src, dtype=np.int32)[None, :])
-    idx = np.asarray(probe.resize((dst, 1), Image.Resampling.NEAREST), dtype=np.int64)[0]
+    idx: np.ndarray = np.asarray(probe.resize((dst, 1), Image.Resampling.NEAREST), np.int64)[0]
     idx.setflags(write=False)
     return idx
 
@@ -401,7 +401,7 @@ def _read_zip(source: _Source, size: int) -> tuple[np.ndarray, list[str]]:
 def _read_folder(source: _Source, size: int) -> tuple[np.ndarray, list[str]]:
     root = source.path
     layout = _TREE_LAYOUT.format(root=source.split)
-    relpaths = []
+    relpaths: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         rel_dir = Path(dirpath).relative_to(root).as_posix()

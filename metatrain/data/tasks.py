@@ -121,7 +121,7 @@ def batch_order(
     array, drawn exactly as the paper's ``_mini_batches`` (see ``mini_batches``).
 
     Kept apart from the batches themselves so that the indices can be drawn in one process and
-    the batches trained in another (``metatrain.parallel``) with the same random stream.
+    the batches trained in another (``metatrain.engine.pool``) with the same random stream.
     """
     if batch_size < 1 or num_batches < 0:
         raise ValueError(

@@ -1,16 +1,19 @@
-"""Reptile / FOMAML outer updates and the inner optimizer, checked against hand computation."""
+"""Reptile / FOMAML as objects: their outer updates checked against hand computation, and the
+registry that config validation, the command line and the dashboard ask."""
 
 from __future__ import annotations
-
-import copy
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from metatrain import Config
-from metatrain.algorithms import FOMAML, Learner, Reptile, make_algorithm, meta_step_size
+from metatrain import Config, ConfigError
+from metatrain.algorithms import ALGORITHMS, FOMAML, Reptile, algorithm_of, meta_step_size
+from metatrain.engine.learner import Learner
+from metatrain.engine.meta_step import MetaStep
+from metatrain.engine.runners import SerialRunner
+from metatrain.losses import MSE, SUMMED_CROSS_ENTROPY
 
 LR = 0.05
 
@@ -66,7 +69,12 @@ def _sampler(tasks):
 
 
 def _regression_learner(w: float, b: float, optimizer: str = "sgd", **kw) -> Learner:
-    return Learner(_linear(w, b), classification=False, optimizer=optimizer, lr=LR, **kw)
+    return Learner(_linear(w, b), loss=MSE, optimizer=optimizer, lr=LR, **kw)
+
+
+def _meta_step(learner: Learner, config: Config) -> MetaStep:
+    """The meta-step of ``config.algorithm`` with tasks one at a time on ``learner``."""
+    return MetaStep(learner, config, SerialRunner(learner, config))
 
 
 # --- schedule ---------------------------------------------------------------------------
@@ -87,8 +95,7 @@ def test_reptile_one_task_moves_towards_the_adapted_weights(eps):
     w0, b0 = 0.2, -0.1
     task = _task(1)
     learner = _regression_learner(w0, b0)
-    algo = Reptile(learner, _config(meta_batch=1))
-    algo.step(_sampler([task]), eps, np.random.default_rng(0))
+    _meta_step(learner, _config(meta_batch=1))(_sampler([task]), eps, np.random.default_rng(0))
     pw, pb = _sgd(w0, b0, task[0].numpy(), task[1].numpy(), 3)
     expected = (w0 + eps * (pw - w0), b0 + eps * (pb - b0))
     assert _params(learner.model) == pytest.approx(expected, abs=1e-6)
@@ -98,8 +105,8 @@ def test_reptile_two_tasks_average_the_adapted_weights():
     w0, b0, eps = 0.2, -0.1, 0.6
     tasks = [_task(1), _task(2)]
     learner = _regression_learner(w0, b0)
-    algo = Reptile(learner, _config(meta_batch=2))
-    metrics = algo.step(_sampler(tasks), eps, np.random.default_rng(0))
+    step = _meta_step(learner, _config(meta_batch=2))
+    metrics = step(_sampler(tasks), eps, np.random.default_rng(0))
     phis = [_sgd(w0, b0, t[0].numpy(), t[1].numpy(), 3) for t in tasks]
     mean_w = (phis[0][0] + phis[1][0]) / 2
     mean_b = (phis[0][1] + phis[1][1]) / 2
@@ -120,7 +127,7 @@ def test_every_task_starts_from_the_meta_weights():
         return next(tasks)
 
     ticks = []
-    Reptile(learner, _config(meta_batch=3)).step(
+    _meta_step(learner, _config(meta_batch=3))(
         sample, 1.0, np.random.default_rng(0), tick=lambda: ticks.append(1)
     )
     assert seen == [(pytest.approx(w0), pytest.approx(b0))] * 3
@@ -142,7 +149,7 @@ def test_fomaml_one_task_applies_the_last_steps_update():
     w0, b0, eps = 0.2, -0.1, 0.7
     task = _task(4)
     learner = _regression_learner(w0, b0)
-    FOMAML(learner, _config(algorithm="fomaml")).step(
+    _meta_step(learner, _config(algorithm="fomaml"))(
         _sampler([task]), eps, np.random.default_rng(0)
     )
     uw, ub = _fomaml_update(w0, b0, task)
@@ -153,9 +160,9 @@ def test_fomaml_two_tasks_average_the_updates():
     w0, b0, eps = 0.2, -0.1, 0.7
     tasks = [_task(4), _task(5)]
     learner = _regression_learner(w0, b0)
-    algo = make_algorithm(learner, _config(algorithm="fomaml", meta_batch=2))
-    assert isinstance(algo, FOMAML)
-    algo.step(_sampler(tasks), eps, np.random.default_rng(0))
+    config = _config(algorithm="fomaml", meta_batch=2)
+    assert isinstance(algorithm_of(config), FOMAML)
+    _meta_step(learner, config)(_sampler(tasks), eps, np.random.default_rng(0))
     updates = [_fomaml_update(w0, b0, t) for t in tasks]
     expected = (
         w0 + eps * (updates[0][0] + updates[1][0]) / 2,
@@ -168,227 +175,62 @@ def test_fomaml_with_one_inner_iteration_uses_only_the_tail():
     w0, b0, eps = 0.2, -0.1, 1.0
     task = _task(6)
     learner = _regression_learner(w0, b0)
-    FOMAML(learner, _config(algorithm="fomaml", inner_iters=1)).step(
+    _meta_step(learner, _config(algorithm="fomaml", inner_iters=1))(
         _sampler([task]), eps, np.random.default_rng(0)
     )
     expected = _sgd(w0, b0, task[2].numpy(), task[3].numpy(), 1)
     assert _params(learner.model) == pytest.approx(expected, abs=1e-6)
 
 
-# --- inner optimizer ---------------------------------------------------------------------
-
-
-def test_classification_minimises_the_summed_cross_entropy():
-    g = np.random.default_rng(0)
-    x = g.normal(size=(4, 3)).astype(np.float32)
-    y = np.array([0, 1, 1, 0])
-    model = nn.Linear(3, 2)
-    w0 = model.weight.detach().double().numpy().copy()
-    b0 = model.bias.detach().double().numpy().copy()
-    learner = Learner(model, classification=True, optimizer="sgd", lr=LR)
-    learner.step(torch.from_numpy(x), torch.from_numpy(y))
-    logits = x.astype(np.float64) @ w0.T + b0
-    p = np.exp(logits - logits.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
-    d = p - np.eye(2)[y]  # d(sum of CE)/d logits, not divided by the batch size
-    assert model.weight.detach().double().numpy() == pytest.approx(w0 - LR * d.T @ x, abs=1e-6)
-    assert model.bias.detach().double().numpy() == pytest.approx(b0 - LR * d.sum(0), abs=1e-6)
-
-
-def test_adam_has_beta1_zero_and_matches_the_hand_computed_update():
-    w, b = 0.2, -0.1
-    x, y = _task(1)[:2]
-    learner = Learner(_linear(w, b), classification=False, optimizer="adam", lr=LR, beta2=0.9)
-    assert learner.optimizer.param_groups[0]["betas"] == (0.0, 0.9)
-    assert learner.optimizer.param_groups[0]["eps"] == 1e-8
-    xs, ys = x.double().numpy().ravel(), y.double().numpy().ravel()
-    v = np.zeros(2)
-    p = np.array([w, b])
-    for t in (1, 2):
-        learner.step(x, y)
-        r = p[0] * xs + p[1] - ys
-        grad = np.array([2 * np.mean(r * xs), 2 * np.mean(r)])
-        v = 0.9 * v + 0.1 * grad**2
-        # beta1 = 0: the first moment is the gradient itself, no bias correction for it.
-        p = p - LR * grad / (np.sqrt(v / (1 - 0.9**t)) + 1e-8)
-        assert _params(learner.model) == pytest.approx(tuple(p), abs=1e-6)
-
-
-def _adam_steps(learner: Learner) -> float:
-    return float(learner.optimizer.state[learner.params[0]]["step"])
-
-
-def test_adam_state_persists_across_training_tasks_when_kept():
-    kept = _regression_learner(0.2, -0.1, optimizer="adam", keep_state=True)
-    fresh = _regression_learner(0.2, -0.1, optimizer="adam", keep_state=False)
-    cfg = _config(inner_optimizer="adam", meta_batch=2, inner_iters=3)
-    tasks = [_task(1), _task(2)]
-    Reptile(kept, cfg).step(_sampler(tasks), 1.0, np.random.default_rng(0))
-    Reptile(fresh, cfg).step(_sampler(tasks), 1.0, np.random.default_rng(0))
-    assert _adam_steps(kept) == 6  # both tasks' steps accumulated
-    assert _adam_steps(fresh) == 3  # the last task's only: each task began from scratch
-    assert _params(kept.model) != pytest.approx(_params(fresh.model), abs=1e-7)
-
-
-def test_sgd_never_keeps_state():
-    learner = _regression_learner(0.2, -0.1, optimizer="sgd", keep_state=True)
-    assert learner.keep_state is False
-
-
-def test_optimizer_snapshot_restores_exactly():
-    learner = _regression_learner(0.2, -0.1, optimizer="adam")
-    x, y = _task(1)[:2]
-    learner.step(x, y)
-    snap = learner.optimizer_snapshot()
-    before = {k: v.clone() for k, v in learner.optimizer.state[learner.params[0]].items()}
-    learner.step(x, y)
-    learner.step(x, y)
-    learner.optimizer_restore(snap)
-    after = learner.optimizer.state[learner.params[0]]
-    assert all(torch.equal(before[k], after[k]) for k in before)
-    learner.optimizer.state.clear()  # a different layout: restored by rebuilding
-    learner.optimizer_restore(snap)
-    assert torch.equal(
-        learner.optimizer.state[learner.params[0]]["exp_avg_sq"], before["exp_avg_sq"]
-    )
-
-
 def test_reptile_reports_inner_accuracy_for_classification():
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
-    learner = Learner(model, classification=True, optimizer="adam", lr=0.01)
+    learner = Learner(model, loss=SUMMED_CROSS_ENTROPY, optimizer="adam", lr=0.01)
     cfg = Config(inner_batch=6, inner_iters=2, meta_batch=2)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(6, 1, 2, 2, generator=g)
     y = torch.tensor([0, 0, 1, 1, 2, 2])
-    metrics = Reptile(learner, cfg).step(
+    metrics = _meta_step(learner, cfg)(
         _sampler([(x, y, x[:0], y[:0])] * 2), 1.0, np.random.default_rng(0)
     )
     assert set(metrics) == {"inner_loss", "inner_accuracy"}
     assert 0.0 <= metrics["inner_accuracy"] <= 1.0
 
 
-def test_an_sgd_learner_steps_exactly_as_torch_optim_sgd():
-    """Learner.step applies plain SGD itself (faster on tiny MLPs); the weights must be the
-    ones torch.optim.SGD(foreach=True) gives, bit for bit."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(1, 32), nn.Tanh(), nn.Linear(32, 1))
-    reference = copy.deepcopy(model)
-    initial = [p.detach().clone() for p in model.parameters()]
-    learner = Learner(model, classification=False, optimizer="sgd", lr=0.02)
-    optimizer = torch.optim.SGD(reference.parameters(), lr=0.02, foreach=True)
-    for _ in range(50):
-        x = torch.rand(10, 1) * 10 - 5
-        y = torch.sin(x)
-        learner.step(x, y)
-        loss = torch.nn.functional.mse_loss(reference(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    for mine, theirs in zip(model.parameters(), reference.parameters(), strict=True):
-        assert torch.equal(mine, theirs)
-    assert not torch.equal(initial[0], model[0].weight)  # it did train
+# --- the registry ------------------------------------------------------------------------
 
 
-# --- serial tasks on two threads (metatrain.threaded_backward) ---------------------------
+def test_every_algorithm_is_registered_under_its_config_name():
+    assert list(ALGORITHMS) == ["reptile", "fomaml"]
+    assert [type(a) for a in ALGORITHMS.values()] == [Reptile, FOMAML]
+    assert Config.FIELD_CHOICES["algorithm"] == ("reptile", "fomaml")
+    for name, algorithm in ALGORITHMS.items():
+        assert algorithm.name == name and algorithm.label and algorithm.description
+        assert algorithm_of(Config(algorithm=name)) is algorithm
+        assert set(algorithm.fields) <= set(Config.FIELD_HELP)  # real config fields
 
 
-def _image_tasks(config: Config, count: int, seed: int) -> list[tuple[torch.Tensor, ...]]:
-    g = torch.Generator().manual_seed(seed)
-    n, tail = config.ways * config.train_shots, config.ways * config.fomaml_tail_shots
-    shape = (config.in_channels, config.image_size, config.image_size)
-
-    def images(k: int) -> torch.Tensor:
-        return torch.rand((k, *shape), generator=g).contiguous(memory_format=torch.channels_last)
-
-    return [
-        (
-            images(n),
-            torch.arange(config.ways).repeat_interleave(config.train_shots),
-            images(tail),
-            torch.arange(config.ways).repeat_interleave(config.fomaml_tail_shots),
-        )
-        for _ in range(count)
-    ]
-
-
-@pytest.mark.parametrize(
-    ("algorithm", "inner_iters"), [("reptile", 3), ("fomaml", 3), ("fomaml", 1)]
-)
-def test_manual_and_threaded_steps_give_autograds_numbers(algorithm, inner_iters, monkeypatch):
-    # Each task of a meta-batch starts from theta, so the helper thread computes the first
-    # step's gradients of tasks 2..n ahead, chained Adam or not: the same bits as one thread.
-    from metatrain.config import preset
-    from metatrain.models import build_model
-    from metatrain.threaded_backward import ThreadedBackward
-
-    config = preset("omniglot-5way-1shot").replace(
-        algorithm=algorithm, inner_iters=inner_iters, meta_batch=3, fomaml_tail_shots=2
+def test_the_config_asks_the_algorithm_what_a_task_draws_and_which_fields_it_checks():
+    reptile, fomaml = Config(train_shots=7), Config(algorithm="fomaml", train_shots=7)
+    assert (reptile.training_shots, fomaml.training_shots) == (7, 7 + fomaml.fomaml_tail_shots)
+    assert ALGORITHMS["reptile"].explain_training_shots(reptile) == "train_shots = 7"
+    assert ALGORITHMS["fomaml"].explain_training_shots(fomaml) == (
+        "train_shots + fomaml_tail_shots = 7 + 5 = 12"
     )
-    tasks = _image_tasks(config, 3 * config.meta_batch, seed=0)
-    later_calls: list[int] = []
-    real_later = ThreadedBackward.later
-
-    def counting_later(self, x, y, weights):
-        later_calls.append(len(x))
-        return real_later(self, x, y, weights)
-
-    monkeypatch.setattr(ThreadedBackward, "later", counting_later)
-    results = []
-    # Autograd's own steps, the kernels called by hand on one thread, and on two threads.
-    for mode in ("autograd", "manual", "threaded"):
-        model = build_model(config, generator=torch.Generator().manual_seed(1))
-        model.to(memory_format=torch.channels_last)
-        learner = Learner.from_config(model, config)
-        assert learner.manual is not None
-        if mode == "autograd":
-            learner.manual = None
-        assert learner.use_threaded_backward() if mode == "threaded" else learner.threaded is None
-        algo = make_algorithm(learner, config)
-        sample, rng = _sampler(tasks), np.random.default_rng(5)
-        try:
-            metrics = [algo.step(sample, 0.5, rng) for _ in range(3)]
-        finally:
-            learner.close()
-        state = learner.optimizer.state_dict()["state"]
-        results.append(([p.detach().clone() for p in learner.params], metrics, state))
-    (auto, auto_metrics, auto_state), *others = results
-    for weights, metrics, state in others:
-        assert all(torch.equal(a, b) for a, b in zip(auto, weights, strict=True))
-        assert metrics == auto_metrics
-        for i, moments in auto_state.items():
-            assert all(
-                torch.equal(torch.as_tensor(v), torch.as_tensor(state[i][k]))
-                for k, v in moments.items()
-            )
-    first_batch = config.inner_batch if inner_iters > 1 else config.ways * 2  # FOMAML's tail
-    assert later_calls == [first_batch] * (3 * (config.meta_batch - 1))
+    assert ALGORITHMS["fomaml"].fields == {"fomaml_tail_shots": 1}
+    with pytest.raises(ConfigError) as info:
+        Config(algorithm="reptile", fomaml_tail_shots=0)
+    assert info.value.field == "fomaml_tail_shots"
+    with pytest.raises(ConfigError) as info:
+        Config(algorithm="maml")
+    assert info.value.field == "algorithm" and "reptile, fomaml" in info.value.message
 
 
-def test_a_meta_step_that_fails_part_way_leaves_the_helper_ready_for_the_next(monkeypatch):
-    from metatrain.config import preset
-    from metatrain.models import build_model
-
-    config = preset("omniglot-5way-1shot").replace(meta_batch=3, inner_iters=2)
-    model = build_model(config, generator=torch.Generator().manual_seed(1))
-    learner = Learner.from_config(model.to(memory_format=torch.channels_last), config)
-    assert learner.use_threaded_backward()
-    algo = make_algorithm(learner, config)
-    real_step, steps = Learner.step, []
-
-    def failing_step(self, *args, **kwargs):
-        steps.append(1)
-        if len(steps) == 3:  # in the second task, whose first step the helper computed
-            raise RuntimeError("inner step failed")
-        return real_step(self, *args, **kwargs)
-
-    monkeypatch.setattr(Learner, "step", failing_step)
-    tasks = _image_tasks(config, 2 * config.meta_batch, seed=0)
-    sample, rng = _sampler(tasks), np.random.default_rng(5)
-    try:
-        with pytest.raises(RuntimeError, match="inner step failed"):
-            algo.step(sample, 0.5, rng)
-        metrics = algo.step(sample, 0.5, rng)
-    finally:
-        learner.close()
-    assert np.isfinite(metrics["inner_loss"])
-    assert all(torch.isfinite(p).all() for p in learner.params)
+def test_each_algorithm_owns_its_loss_inner_steps_and_tail():
+    for name in ALGORITHMS:
+        assert algorithm_of(Config(algorithm=name)).loss(Config()) is SUMMED_CROSS_ENTROPY
+    sine = Config(dataset="sine", model="sine_mlp", inner_iters=4, algorithm="fomaml")
+    assert ALGORITHMS["reptile"].loss(sine) is MSE
+    assert ALGORITHMS["reptile"].inner_steps(sine) == 4
+    assert ALGORITHMS["fomaml"].inner_steps(sine) == 3  # its last step is the tail's
+    assert ALGORITHMS["reptile"].tail_shots(sine) == 0
+    assert ALGORITHMS["fomaml"].tail_shots(sine) == sine.fomaml_tail_shots

@@ -1,9 +1,9 @@
-"""The benchmark: its plain loop does the same work as the library (so the ratio is fair), it
-refuses to run without real Omniglot, and a tiny run produces a complete report."""
+"""The benchmark: its plain loop is the reference (which the library is tested equal to, so the
+ratio is fair), it refuses to run without real Omniglot, and a tiny run produces a complete
+report."""
 
 from __future__ import annotations
 
-import copy
 import io
 import json
 import os
@@ -13,17 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from metatrain import Config, bench, cli, preset
-from metatrain.algorithms import Learner, Reptile
-from metatrain.data import (
-    ClassSplits,
-    SineTaskSampler,
-    TaskSampler,
-    TensorClassDataset,
-    omniglot_available,
-)
-from metatrain.evaluate import run_evaluation
-from metatrain.models import build_model
+from metatrain import Config, bench, cli, reference
+from metatrain.data import ClassSplits, TaskSampler, TensorClassDataset, omniglot_available
 
 DATA = Path(os.environ.get("METATRAIN_DATA") or Path(__file__).resolve().parents[3] / "shared/data")
 
@@ -38,79 +29,44 @@ def synthetic_splits(classes: int = 10, per_class: int = 20, size: int = 8) -> C
 
 
 def small_config(**changes) -> Config:
-    """The bench preset's algorithm on 8x8 images, with a fresh Adam per task on both sides."""
+    """The bench preset's algorithm on 8x8 images."""
     base = bench.bench_config().to_dict()
-    base.update(image_size=8, keep_adam_state=False, eval_inner_iters=6, inner_lr=0.01)
+    base.update(image_size=8, eval_inner_iters=6, inner_lr=0.01)
     base.update(changes)
     return Config.from_dict(base)
 
 
-def test_the_plain_meta_step_computes_the_library_reptile_step():
+def test_the_plain_loop_is_the_reference_with_a_fresh_adam_per_task(monkeypatch):
+    # The plain side is metatrain.reference (which tests/metatrain/test_reference.py holds the
+    # library to), starting each task from a fresh Adam as a loop written the usual way does,
+    # whether or not the library's side chains Adam's moments.
     config = small_config()
+    assert config.keep_adam_state
     splits = synthetic_splits()
-    model = build_model(config, generator=torch.Generator().manual_seed(0))
-    plain_model = copy.deepcopy(model)
+    calls: list[Config] = []
+    real = reference.reptile_meta_step
 
-    rng_lib, rng_plain = np.random.default_rng(1), np.random.default_rng(1)
-    lib_sampler = TaskSampler(splits.train, config.ways, config.train_shots, 0, rng_lib)
-    plain_sampler = TaskSampler(splits.train, config.ways, config.train_shots, 0, rng_plain)
-    reptile = Reptile(Learner.from_config(model, config), config)
-    for step_size in (1.0, 0.5):
-        lib_metrics = reptile.step(lib_sampler.sample, step_size, rng_lib)
-        plain_loss = bench.plain_meta_step(
-            plain_model, plain_sampler.sample, config, step_size, rng_plain
-        )
-        assert plain_loss == pytest.approx(lib_metrics["inner_loss"], rel=1e-4)
-    for a, b in zip(model.parameters(), plain_model.parameters(), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    initial = build_model(config, generator=torch.Generator().manual_seed(0))
-    moved = zip(model.parameters(), initial.parameters(), strict=True)
-    assert any(not torch.equal(a, c) for a, c in moved)  # the step did change the weights
+    def spy(model, optimizer, sample_task, cfg, step_size, rng):
+        calls.append(cfg)
+        return real(model, optimizer, sample_task, cfg, step_size, rng)
 
-
-def library_evaluation(model, config, sample, tasks, rng, **options):
-    """The library's transductive test evaluation of a copy of ``model``."""
-    learner = Learner.from_config(copy.deepcopy(model), config)
-    return run_evaluation(
-        learner, config, sample, tasks, rng, split="test", transductive=True, **options
+    monkeypatch.setattr(reference, "reptile_meta_step", spy)
+    trainer = bench._PlainTrainer(config, splits, torch.device("cpu"))
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    wall, cpu = trainer.run(2)
+    assert wall > 0 and cpu > 0
+    assert [c.keep_adam_state for c in calls] == [False, False]
+    assert calls[0] == config.replace(keep_adam_state=False)
+    moved = zip(before, trainer.model.parameters(), strict=True)
+    assert any(not torch.equal(a, b) for a, b in moved)  # the steps did change the weights
+    evaluator = bench._PlainEvaluator(
+        trainer.model,
+        config,
+        lambda rng: TaskSampler(splits.test, config.ways, config.shots, config.queries, rng),
+        torch.device("cpu"),
     )
-
-
-def test_the_plain_evaluation_matches_the_library_task_by_task():
-    config = small_config()
-    splits = synthetic_splits()
-    model = build_model(config, generator=torch.Generator().manual_seed(3))
-    rng_lib, rng_plain = np.random.default_rng(2), np.random.default_rng(2)
-    lib_sampler = TaskSampler(splits.test, config.ways, config.shots, config.queries, rng_lib)
-    plain_sampler = TaskSampler(splits.test, config.ways, config.shots, config.queries, rng_plain)
-    tasks = 6
-    result = library_evaluation(model, config, lib_sampler.sample, tasks, rng_lib)
-    plain = [
-        bench.plain_eval_task(model, plain_sampler.sample(), config, rng_plain)
-        for _ in range(tasks)
-    ]
-    assert result.accuracy == pytest.approx(sum(plain) / tasks)
-    assert rng_lib.random() == rng_plain.random()  # both consumed the same random numbers
-
-
-@pytest.mark.parametrize(("stack_tasks", "rel"), [(False, 1e-6), (True, 1e-4)])
-def test_the_plain_sine_evaluation_matches_the_library_task_by_task(stack_tasks, rel):
-    # A low step size: from a random init, SGD at the preset's 0.02 diverges on a few tasks,
-    # where rounding (stacked products) decides how far.
-    config = preset("sine", inner_lr=0.005)
-    model = build_model(config, generator=torch.Generator().manual_seed(3))
-    rng_lib, rng_plain = np.random.default_rng(2), np.random.default_rng(2)
-    lib_sampler, plain_sampler = SineTaskSampler(rng_lib, 10), SineTaskSampler(rng_plain, 10)
-    tasks = 12
-    result = library_evaluation(
-        model, config, lib_sampler.sample, tasks, rng_lib, stack_tasks=stack_tasks
-    )
-    plain = [
-        bench.plain_sine_eval_task(model, plain_sampler.sample(), config, rng_plain)
-        for _ in range(tasks)
-    ]
-    assert result.loss_after == pytest.approx(sum(plain) / tasks, rel=rel)
-    assert rng_lib.random() == rng_plain.random()  # both consumed the same random numbers
+    assert not evaluator.config.keep_adam_state
+    assert evaluator.run(2)[0] > 0
 
 
 def test_bench_without_omniglot_exits_2_naming_the_folder(tmp_path, monkeypatch):

@@ -11,7 +11,6 @@ import torch
 from safetensors.torch import load_file
 
 from metatrain import Config, load_initialization, preset, save_initialization
-from metatrain.algorithms import Learner
 from metatrain.checkpoint import (
     atomic_write,
     load_checkpoint,
@@ -19,6 +18,7 @@ from metatrain.checkpoint import (
     save_checkpoint,
     write_config,
 )
+from metatrain.engine.learner import Learner
 from metatrain.models import build_from_architecture, build_model
 from metatrain.seeding import numpy_state, set_numpy_state, train_rng
 

@@ -242,6 +242,24 @@ def test_hash_is_pinned_so_resumable_runs_keep_matching():
     assert Config().config_hash() == _PINNED_DEFAULT_HASH
 
 
+def test_a_presets_hash_is_what_it_was_before_data_dir_was_left_out():
+    # Recorded before config_hash hashed data_dir as None: configs without a data_dir keep
+    # their hash, so their checkpoints and recorded runs keep matching.
+    assert preset("omniglot-5way-1shot").config_hash() == _PINNED_OMNIGLOT_5WAY_1SHOT_HASH
+    assert preset("sine").config_hash() == _PINNED_SINE_HASH
+
+
+def test_data_dir_is_where_the_files_are_not_what_was_trained():
+    here, there = Config(data_dir="/data/omniglot"), Config(data_dir="/mnt/cache/omniglot")
+    assert here.config_hash() == there.config_hash() == Config().config_hash()
+    # The old rule, kept to recognise checkpoints written with it, saw data_dir.
+    assert here.legacy_config_hash() != there.legacy_config_hash()
+    assert Config().legacy_config_hash() == Config().config_hash()
+    assert there.hash_matches(here.config_hash()) and there.hash_matches(there.legacy_config_hash())
+    assert not there.hash_matches(here.legacy_config_hash())
+    assert not Config(seed=1).hash_matches(here.config_hash())
+
+
 def test_hash_ignores_key_order_and_sees_every_value():
     data = Config().to_dict()
     reordered = dict(reversed(list(data.items())))
@@ -295,6 +313,10 @@ def test_validate_against_data_rejects_the_wrong_channel_count():
 
 
 _PINNED_DEFAULT_HASH = "560b129c6683d180e4a416632e21c632335f253f5f6ee13f243412125e219d0c"
+_PINNED_OMNIGLOT_5WAY_1SHOT_HASH = (
+    "560b129c6683d180e4a416632e21c632335f253f5f6ee13f243412125e219d0c"
+)
+_PINNED_SINE_HASH = "ceb28f900f4b885a4c9f7749a155cdd8ead1f398a06f7cdd1ba2ccf8b5500c65"
 
 
 def test_field_specs_describe_every_field_with_its_kind_choices_and_help():

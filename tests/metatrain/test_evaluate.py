@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from metatrain import Config, ConfigError, evaluate, preset
-from metatrain.algorithms import Learner
+from metatrain import Compute, Config, ConfigError, evaluate, preset
 from metatrain.checkpoint import save_initialization
-from metatrain.evaluate import _predict_each, run_evaluation, task_source
+from metatrain.engine.learner import Learner
+from metatrain.engine.runners import SerialRunner, StackedRunner
+from metatrain.engine.tasks import predict_each as _predict_each
+from metatrain.evaluate import run_evaluation, task_source
 from metatrain.models import build_model
 from metatrain.reporting import Heartbeat, Reporter
 from metatrain.seeding import eval_rng
@@ -21,6 +23,7 @@ from tests.metatrain.synthetic import synthetic_splits
 CPU = torch.device("cpu")
 # metatrain.evaluate is shadowed by the function of the same name on the package.
 evaluate_module = importlib.import_module("metatrain.evaluate")
+tasks_module = importlib.import_module("metatrain.engine.tasks")
 
 
 def _config(**changes) -> Config:
@@ -50,6 +53,7 @@ def _run(learner, cfg, tasks=6, transductive=True, seed=0, reporter=None, heartb
         source,
         tasks,
         rng,
+        SerialRunner(learner, cfg),
         split="test",
         transductive=transductive,
         reporter=reporter,
@@ -82,7 +86,7 @@ def test_grouped_prediction_in_small_passes_and_the_fallback_loop_agree(monkeypa
     support, queries = _support_and_queries()
     with torch.no_grad():
         one_pass = _predict_each(model, support, queries)
-        monkeypatch.setattr(evaluate_module, "_MAX_IMAGES_PER_PASS_CPU", 7)  # one query a pass
+        monkeypatch.setattr(tasks_module, "_MAX_IMAGES_PER_PASS_CPU", 7)  # one query a pass
         per_query = _predict_each(model, support, queries)
         wrapped = torch.nn.Sequential(torch.nn.Sequential(*model))  # not a flat Sequential
         loop = _predict_each(wrapped, support, queries)
@@ -124,7 +128,7 @@ def test_evaluation_restores_weights_and_optimizer_state_exactly(keep):
     learner = _learner(cfg)
     splits = synthetic_splits(seed=123)
     task = task_source(cfg, "test", np.random.default_rng(9), CPU, False, splits)()
-    learner.adapt(task.support_x, task.support_y, 6, 2, np.random.default_rng(0))  # some Adam state
+    learner.adapt_random(task.support_x, task.support_y, 6, 2, np.random.default_rng(0))  # state
     weights = [p.detach().clone() for p in learner.params]
     state = {p: {k: v.clone() for k, v in s.items()} for p, s in learner.optimizer.state.items()}
     _run(learner, cfg, tasks=3)
@@ -141,16 +145,16 @@ def test_every_evaluation_task_starts_from_the_same_optimizer_state(keep, monkey
     task = task_source(
         cfg, "test", np.random.default_rng(9), CPU, False, synthetic_splits(seed=123)
     )()
-    learner.adapt(task.support_x, task.support_y, 6, 2, np.random.default_rng(0))
+    learner.adapt_random(task.support_x, task.support_y, 6, 2, np.random.default_rng(0))
     seen = []
-    adapt = learner.adapt_order
+    adapt = learner.adapt
 
     def spy(*args, **kwargs):
         state = learner.optimizer.state.get(learner.params[0], {})
         seen.append(float(state["step"]) if "step" in state else None)
         return adapt(*args, **kwargs)
 
-    monkeypatch.setattr(learner, "adapt_order", spy)
+    monkeypatch.setattr(learner, "adapt", spy)
     _run(learner, cfg, tasks=3)
     # kept: the 2 steps taken before evaluation, for every task; else a fresh optimizer
     assert seen == ([2.0] * 3 if keep else [None] * 3)
@@ -210,6 +214,7 @@ def test_sine_evaluation_reports_losses_before_and_after():
         task_source(cfg, "test", rng, CPU, False),
         5,
         rng,
+        StackedRunner(learner, cfg),  # a sine MLP with SGD: 100 tasks at a time
         split="test",
         transductive=True,
     )
@@ -235,12 +240,12 @@ def test_evaluate_a_saved_initialization_and_the_same_module_agree(fake_data, tm
     model = build_model(cfg, torch.Generator().manual_seed(0))
     save_initialization(model, cfg, tmp_path)
     before = [p.detach().clone() for p in model.parameters()]
-    from_folder = evaluate(tmp_path, tasks=4, device="cpu")
-    from_module = evaluate(model, cfg, tasks=4, device="cpu")
+    from_folder = evaluate(tmp_path, tasks=4, compute=Compute(device="cpu"))
+    from_module = evaluate(model, cfg, tasks=4, compute=Compute(device="cpu"))
     assert from_folder.accuracy == from_module.accuracy
     assert from_folder.tasks == 4 and from_folder.inner_optimizer_state == "fresh"
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
-    non = evaluate(tmp_path, tasks=4, transductive=False, device="cpu")
+    non = evaluate(tmp_path, tasks=4, transductive=False, compute=Compute(device="cpu"))
     assert non.transductive is False
 
 
@@ -263,5 +268,5 @@ def test_evaluate_rejects_bad_requests(fake_data, tmp_path):
 def test_evaluate_with_fewer_ways_than_outputs_ignores_the_extra_outputs(fake_data):
     cfg = _config(ways=4)
     model = build_model(cfg, torch.Generator().manual_seed(0))
-    result = evaluate(model, cfg, ways=3, tasks=2, device="cpu")
+    result = evaluate(model, cfg, ways=3, tasks=2, compute=Compute(device="cpu"))
     assert result.ways == 3 and result.tasks == 2

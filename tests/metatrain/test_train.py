@@ -13,12 +13,21 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from metatrain import CheckpointMismatchError, EvalResult, Reporter, evaluate, preset, train
+from metatrain import (
+    CheckpointMismatchError,
+    Compute,
+    EvalResult,
+    Reporter,
+    evaluate,
+    preset,
+    train,
+)
 from metatrain.checkpoint import load_checkpoint
 from metatrain.data import omniglot_available
 from tests.metatrain.synthetic import synthetic_splits
 from tests.metatrain.synthetic import tiny_config as tiny
 
+CPU = Compute(device="cpu")
 # metatrain.train is shadowed by the function of the same name on the package.
 train_module = importlib.import_module("metatrain.train")
 
@@ -97,7 +106,7 @@ def test_a_run_writes_its_files_and_reports_every_step(fake_data, tmp_path, monk
     monkeypatch.setattr(train_module, "HEARTBEAT_INTERVAL", 0.0)
     cfg = tiny()
     rec = Recorder()
-    result = train(cfg, tmp_path, reporter=rec, device="cpu")
+    result = train(cfg, tmp_path, reporter=rec, compute=CPU)
     assert (result.iterations_done, result.total_iterations, result.stopped) == (6, 6, False)
     assert result.out_dir == str(tmp_path)
     for name in ("config.json", "metrics.jsonl", "checkpoint.pt", "initialization.safetensors"):
@@ -143,7 +152,7 @@ class _RefusesCheckpoints(Recorder):
 
 def test_the_reporter_is_asked_before_each_checkpoint_file_and_can_put_it_off(fake_data, tmp_path):
     rec = _RefusesCheckpoints(tmp_path, refuse={4})
-    train(tiny(), tmp_path, reporter=rec, device="cpu")
+    train(tiny(), tmp_path, reporter=rec, compute=CPU)
     # Asked before the file exists; a refused checkpoint leaves the previous one in place.
     assert rec.asked == [(2, None), (4, 2), (6, 2)]
     assert [e[1] for e in rec.of("checkpoint")] == [2, 6]
@@ -151,19 +160,19 @@ def test_the_reporter_is_asked_before_each_checkpoint_file_and_can_put_it_off(fa
 
 def test_a_refused_checkpoint_at_a_stop_leaves_the_last_one_to_resume_from(fake_data, tmp_path):
     rec = _RefusesCheckpoints(tmp_path, refuse={3}, stop_after=3)
-    result = train(tiny(), tmp_path, reporter=rec, device="cpu")
+    result = train(tiny(), tmp_path, reporter=rec, compute=CPU)
     assert result.stopped and result.iterations_done == 3
     assert load_checkpoint(tmp_path / "checkpoint.pt")["iteration"] == 2
     resumed = Recorder()
-    train(tiny(), tmp_path, reporter=resumed, device="cpu")
+    train(tiny(), tmp_path, reporter=resumed, compute=CPU)
     assert resumed.of("start")[0][1]["start_iteration"] == 2
     assert [e[1] for e in resumed.of("iteration")] == [3, 4, 5, 6]
 
 
 def test_the_same_seed_gives_bit_identical_weights_and_another_seed_does_not(fake_data, tmp_path):
-    train(tiny(), tmp_path / "a", device="cpu")
-    train(tiny(), tmp_path / "b", device="cpu")
-    train(tiny(seed=1), tmp_path / "c", device="cpu")
+    train(tiny(), tmp_path / "a", compute=CPU)
+    train(tiny(), tmp_path / "b", compute=CPU)
+    train(tiny(seed=1), tmp_path / "c", compute=CPU)
     a, b, c = (_weights(tmp_path / n) for n in "abc")
     _assert_same_weights(a, b)
     assert not torch.equal(a["fc.weight"], c["fc.weight"])
@@ -174,7 +183,7 @@ def test_the_same_seed_gives_bit_identical_weights_and_another_seed_does_not(fak
 
 def test_a_stop_request_checkpoints_and_returns_stopped(fake_data, tmp_path):
     rec = Recorder(stop_after=3)
-    result = train(tiny(), tmp_path, reporter=rec, device="cpu")
+    result = train(tiny(), tmp_path, reporter=rec, compute=CPU)
     assert result.stopped is True and result.iterations_done == 3
     assert load_checkpoint(tmp_path / "checkpoint.pt")["iteration"] == 3
     assert not (tmp_path / "initialization.safetensors").exists()
@@ -187,11 +196,11 @@ def test_resuming_gives_bit_identical_weights_to_an_uninterrupted_run(
     fake_data, tmp_path, algorithm
 ):
     cfg = tiny(algorithm=algorithm, fomaml_tail_shots=2, checkpoint_interval=4)
-    train(cfg, tmp_path / "straight", device="cpu")
-    first = train(cfg, tmp_path / "resumed", reporter=Recorder(stop_after=3), device="cpu")
+    train(cfg, tmp_path / "straight", compute=CPU)
+    first = train(cfg, tmp_path / "resumed", reporter=Recorder(stop_after=3), compute=CPU)
     assert first.iterations_done == 3
     rec = Recorder()
-    second = train(cfg, tmp_path / "resumed", reporter=rec, device="cpu")
+    second = train(cfg, tmp_path / "resumed", reporter=rec, compute=CPU)
     assert (second.iterations_done, second.stopped) == (6, False)
     assert rec.of("start")[0][1]["start_iteration"] == 3
     assert [e[1] for e in rec.of("iteration")] == [4, 5, 6]
@@ -223,12 +232,12 @@ class _CrashAt(Reporter):
 
 def test_resume_after_a_crash_drops_metric_lines_past_the_checkpoint(fake_data, tmp_path):
     cfg = tiny(validation_interval=0)
-    train(cfg, tmp_path / "straight", device="cpu")
+    train(cfg, tmp_path / "straight", compute=CPU)
     with pytest.raises(_Crash):
-        train(cfg, tmp_path / "crashed", reporter=_CrashAt(3), device="cpu")
+        train(cfg, tmp_path / "crashed", reporter=_CrashAt(3), compute=CPU)
     assert load_checkpoint(tmp_path / "crashed" / "checkpoint.pt")["iteration"] == 2
     assert [line["iteration"] for line in _metric_lines(tmp_path / "crashed")] == [1, 2, 3]
-    train(cfg, tmp_path / "crashed", device="cpu")
+    train(cfg, tmp_path / "crashed", compute=CPU)
     lines = _metric_lines(tmp_path / "crashed")
     assert [line["iteration"] for line in lines] == [1, 2, 3, 4, 5, 6]
     assert _training_lines(lines) == _training_lines(_metric_lines(tmp_path / "straight"))
@@ -239,28 +248,56 @@ def test_a_stop_during_validation_keeps_the_finished_iteration(fake_data, tmp_pa
     # Polls: one before each of iterations 1 and 2, then the validation after iteration 2
     # polls before each of its 2 tasks; the second of those asks to stop.
     rec = Recorder(stop_after_polls=3)
-    result = train(tiny(), tmp_path, reporter=rec, device="cpu")
+    result = train(tiny(), tmp_path, reporter=rec, compute=CPU)
     assert result.stopped and result.iterations_done == 2
     assert rec.of("validation") == []
     assert load_checkpoint(tmp_path / "checkpoint.pt")["iteration"] == 2
 
 
 def test_a_finished_run_is_not_trained_again(fake_data, tmp_path):
-    train(tiny(), tmp_path, device="cpu")
+    train(tiny(), tmp_path, compute=CPU)
     before = (tmp_path / "metrics.jsonl").read_text()
     rec = Recorder()
-    result = train(tiny(), tmp_path, reporter=rec, device="cpu")
+    result = train(tiny(), tmp_path, reporter=rec, compute=CPU)
     assert (result.iterations_done, result.stopped) == (6, False)
     assert rec.of("iteration") == []
     assert (tmp_path / "metrics.jsonl").read_text() == before
 
 
 def test_a_checkpoint_of_another_config_is_not_overwritten(fake_data, tmp_path):
-    train(tiny(), tmp_path, reporter=Recorder(stop_after=2), device="cpu")
+    train(tiny(), tmp_path, reporter=Recorder(stop_after=2), compute=CPU)
     saved = (tmp_path / "checkpoint.pt").read_bytes()
     with pytest.raises(CheckpointMismatchError):
-        train(tiny(inner_lr=0.01), tmp_path, device="cpu")
+        train(tiny(inner_lr=0.01), tmp_path, compute=CPU)
     assert (tmp_path / "checkpoint.pt").read_bytes() == saved
+
+
+def test_a_checkpoint_resumes_with_the_data_elsewhere(fake_data, tmp_path):
+    # Another host keeps the same data in another folder: the run is the same run.
+    train(tiny(data_dir="/data/here"), tmp_path / "a", reporter=Recorder(stop_after=2), compute=CPU)
+    result = train(tiny(data_dir="/mnt/there"), tmp_path / "a", compute=CPU)
+    assert (result.iterations_done, result.stopped) == (6, False)
+    train(tiny(), tmp_path / "b", compute=CPU)
+    a = load_file(str(tmp_path / "a" / "initialization.safetensors"))
+    b = load_file(str(tmp_path / "b" / "initialization.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_checkpoint_written_with_the_legacy_hash_still_resumes(fake_data, tmp_path):
+    # Checkpoints written before data_dir was left out of the hash recorded the full dict's.
+    config = tiny(data_dir="/data/here")
+    train(config, tmp_path, reporter=Recorder(stop_after=2), compute=CPU)
+    path = tmp_path / "checkpoint.pt"
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["config_hash"] == config.config_hash() != config.legacy_config_hash()
+    ckpt["config_hash"] = config.legacy_config_hash()
+    torch.save(ckpt, path)
+    result = train(config, tmp_path, compute=CPU)
+    assert (result.iterations_done, result.stopped) == (6, False)
+    ckpt["config_hash"] = "0" * 64  # neither rule's: refused
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointMismatchError):
+        train(config, tmp_path, compute=CPU)
 
 
 def test_train_accepts_a_plain_dict_and_validates_it(fake_data, tmp_path):
@@ -268,7 +305,7 @@ def test_train_accepts_a_plain_dict_and_validates_it(fake_data, tmp_path):
 
     with pytest.raises(ConfigError):
         train({**tiny().to_dict(), "ways": 0}, tmp_path)
-    result = train({**tiny().to_dict(), "meta_iters": 1}, tmp_path, device="cpu")
+    result = train({**tiny().to_dict(), "meta_iters": 1}, tmp_path, compute=CPU)
     assert result.iterations_done == 1
 
 
@@ -278,10 +315,10 @@ def test_train_accepts_a_plain_dict_and_validates_it(fake_data, tmp_path):
 @pytest.mark.slow
 def test_sine_meta_training_makes_adaptation_work(tmp_path):
     cfg = preset("sine", meta_iters=4000, validation_interval=0, final_eval_tasks=100)
-    untrained = train(cfg.replace(meta_iters=1), tmp_path / "untrained", device="cpu")
-    trained = train(cfg, tmp_path / "trained", device="cpu")
-    before = evaluate(untrained.out_dir, device="cpu")
-    after = evaluate(trained.out_dir, device="cpu")
+    untrained = train(cfg.replace(meta_iters=1), tmp_path / "untrained", compute=CPU)
+    trained = train(cfg, tmp_path / "trained", compute=CPU)
+    before = evaluate(untrained.out_dir, compute=CPU)
+    after = evaluate(trained.out_dir, compute=CPU)
     # Measured: trained 4.28 -> 1.22 after 32 SGD steps; the untrained init adapts to 2.28
     # (to 2.85 one task at a time: SGD diverges on a few tasks from that init, and where it
     # does depends on rounding).
@@ -304,10 +341,10 @@ def test_short_reptile_training_on_omniglot_beats_chance_and_the_untrained_init(
         checkpoint_interval=100,
         final_eval_tasks=50,
     )
-    untrained = train(cfg.replace(meta_iters=1), tmp_path / "untrained", device="cpu")
-    trained = train(cfg, tmp_path / "trained", device="cpu")
-    base = evaluate(untrained.out_dir, device="cpu")
-    result = evaluate(trained.out_dir, device="cpu")
+    untrained = train(cfg.replace(meta_iters=1), tmp_path / "untrained", compute=CPU)
+    trained = train(cfg, tmp_path / "trained", compute=CPU)
+    base = evaluate(untrained.out_dir, compute=CPU)
+    result = evaluate(trained.out_dir, compute=CPU)
     assert result.tasks == 50 and result.split == "test"
     assert result.inner_optimizer_state == "training"
     # Chance is 20 %; the untrained init reaches ~34 % after its 50 Adam steps per task.
@@ -321,7 +358,7 @@ def test_print_reporter_draws_one_progress_line_with_eta(fake_data, tmp_path):
     from metatrain import PrintReporter
 
     stream = io.StringIO()
-    train(tiny(), tmp_path, reporter=PrintReporter(stream=stream, refresh=0.0), device="cpu")
+    train(tiny(), tmp_path, reporter=PrintReporter(stream=stream, refresh=0.0), compute=CPU)
     text = stream.getvalue()
     assert "\r[" in text and "6/6" in text and "ETA" in text and "it/s" in text
     assert "validation @ 2 (test, 2 tasks): accuracy" in text
@@ -349,7 +386,7 @@ def test_chained_tasks_with_a_spare_core_use_the_helper_thread_and_the_same_numb
     fake_data, tmp_path, monkeypatch, algorithm
 ):
     # Chained Adam keeps a meta-batch's tasks serial; with two cores the second computes each
-    # step's weight gradients (metatrain.threaded_backward), to the bits of one thread alone.
+    # step's weight gradients (metatrain.engine.by_hand), to the bits of one thread alone.
     cfg = tiny(algorithm=algorithm, fomaml_tail_shots=2, validation_interval=0)
 
     def no_pool(*args, **kwargs):
@@ -357,16 +394,18 @@ def test_chained_tasks_with_a_spare_core_use_the_helper_thread_and_the_same_numb
 
     monkeypatch.setattr(train_module, "TaskPool", no_pool)
     one, two = _ThreadsSeen(), _ThreadsSeen()
-    train(cfg, tmp_path / "one", reporter=one, device="cpu", workers=1)  # one torch thread
+    one_core = Compute(device="cpu", workers=1)
+    train(cfg, tmp_path / "one", reporter=one, compute=one_core)  # one torch thread
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        train(cfg, tmp_path / "two", reporter=two, device="cpu", workers=2)
+        train(cfg, tmp_path / "two", reporter=two, compute=Compute(device="cpu", workers=2))
         assert torch.get_num_threads() == 2  # given back after the run
     finally:
         torch.set_num_threads(before)
     assert one.of("start")[0][1]["threaded_backward"] is False
     assert two.of("start")[0][1]["threaded_backward"] is True
+    assert two.of("start")[0][1]["inner_step"] == "helper_thread"
     assert one.seen == [(1, False)] * cfg.meta_iters
     assert two.seen == [(1, True)] * cfg.meta_iters  # one torch thread beside the helper
     assert "metatrain-backward" not in {t.name for t in threading.enumerate()}
@@ -374,7 +413,9 @@ def test_chained_tasks_with_a_spare_core_use_the_helper_thread_and_the_same_numb
     many = Recorder()  # a process given more intra-op threads keeps them
     torch.set_num_threads(3)
     try:
-        train(cfg.replace(meta_iters=1), tmp_path / "many", reporter=many, workers=2)
+        train(
+            cfg.replace(meta_iters=1), tmp_path / "many", reporter=many, compute=Compute(workers=2)
+        )
     finally:
         torch.set_num_threads(before)
     assert many.of("start")[0][1]["threaded_backward"] is False

@@ -4,6 +4,7 @@ validation path (validation.py), kept apart for size."""
 from __future__ import annotations
 
 from metatrain import Config
+from metatrain.algorithms import algorithm_of
 from webapp.datasets.access import can_view, usable_datasets
 from webapp.datasets.models import UserDataset
 from webapp.datasets.services import DatasetError, dataset_data_dir
@@ -92,12 +93,7 @@ def dataset_fit_errors(dataset: UserDataset, config: Config) -> list[FieldError]
             )
         )
     if config.training_shots > per_class:
-        what = (
-            f"train_shots + fomaml_tail_shots = {config.train_shots} + "
-            f"{config.fomaml_tail_shots} = {config.training_shots}"
-            if config.algorithm == "fomaml"
-            else f"train_shots = {config.train_shots}"
-        )
+        what = algorithm_of(config).explain_training_shots(config)
         errors.append(
             (
                 "train_shots",

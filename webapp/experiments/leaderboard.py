@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import NamedTuple
 
+from metatrain.algorithms import ALGORITHMS
+
 from .models import Run
 
 PAPER = "Reptile paper (Nichol et al., arXiv:1803.02999 v3)"
@@ -159,8 +161,15 @@ def benchmark_of(run: Run) -> Benchmark | None:
     return Benchmark(run.dataset, split, run.ways, run.shots, bool(run.transductive))
 
 
+def algorithm_label(name: str) -> str:
+    """How metatrain's algorithm registry names the algorithm ``name`` for people (a run of an
+    algorithm it no longer knows keeps its stored name)."""
+    algorithm = ALGORITHMS.get(name)
+    return algorithm.label if algorithm is not None else name
+
+
 def _run_label(run: Run) -> str:
-    return f"{run.experiment.name} (seed {run.seed}, {run.algorithm})"
+    return f"{run.experiment.name} (seed {run.seed}, {algorithm_label(run.algorithm)})"
 
 
 def rank_rows(rows: list[Row]) -> list[Row]:

@@ -98,7 +98,6 @@ def train_run(self, run_id: int) -> str:
 def _train_claimed(run: Run, attempt: int, hostname: str) -> str:
     """Everything after a successful claim; the run is this attempt's until it says otherwise."""
     import metatrain
-    from metatrain.parallel import resolve_workers, useful_workers
 
     from .artifacts import store_artifacts
     from .reporter import STOP_LOST, DbReporter
@@ -111,9 +110,8 @@ def _train_claimed(run: Run, attempt: int, hostname: str) -> str:
             # cores (measured 10x slower here); scale with more worker processes instead.
             torch.set_num_threads(settings.WORKER_TORCH_THREADS)
         config = local_config(run)
-        task_workers = useful_workers(
-            config, resolve_workers(settings.WORKER_TASK_WORKERS, torch.device(device))
-        )
+        compute = metatrain.Compute(device=device, workers=settings.WORKER_TASK_WORKERS)
+        task_workers = compute.task_workers(config)
         # after the thread count it reports
         device_name = workers.describe_device(task_workers=task_workers)
         lifecycle.record_device(run, attempt, device_name)
@@ -121,9 +119,7 @@ def _train_claimed(run: Run, attempt: int, hostname: str) -> str:
 
         with reporter.keep_alive(settings.RUN_SILENT_PHASE_SECONDS):
             out_dir = run_files.prepare_attempt(run.pk, attempt, run.checkpoint_file.name)
-            result = metatrain.train(
-                config, str(out_dir), reporter=reporter, device=device, workers=task_workers
-            )
+            result = metatrain.train(config, str(out_dir), reporter=reporter, compute=compute)
         if result.stopped:
             return _stopped(run, attempt, reporter.stop_reason, result.iterations_done)
         with reporter.keep_alive(settings.RUN_SILENT_PHASE_SECONDS):
@@ -133,8 +129,7 @@ def _train_claimed(run: Run, attempt: int, hostname: str) -> str:
                 split="test",
                 tasks=config.final_eval_tasks,
                 reporter=reporter,
-                device=device,
-                workers=task_workers,
+                compute=compute,
             )
         if evaluation.stopped or reporter.stop_reason:
             return _stopped(run, attempt, reporter.stop_reason, result.iterations_done)

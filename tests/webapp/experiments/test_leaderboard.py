@@ -8,6 +8,7 @@ from webapp.experiments.leaderboard import (
     PAPER_RESULTS,
     Benchmark,
     BoardNotFound,
+    algorithm_label,
     board,
     boards,
 )
@@ -134,3 +135,11 @@ def test_it_rejects_unknown_or_malformed_keys(db):
 def test_keys_round_trip(db):
     for benchmark in PAPER_RESULTS:
         assert Benchmark.from_key(benchmark.key) == benchmark
+
+
+def test_a_rows_label_names_the_algorithm_as_metatrain_does(owner, make_run):
+    finished(make_run, owner, 0.97, name="first-order", seed=3, algorithm="fomaml")
+    (row,) = [r for r in board(OMNI_5_1_T.key).rows if not r.is_reference]
+    assert row.label == "first-order (seed 3, FOMAML)"
+    assert algorithm_label("reptile") == "Reptile"
+    assert algorithm_label("retired-variant") == "retired-variant"  # an old run's stored name

@@ -14,6 +14,8 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
+from metatrain import ALGORITHMS
+
 from .. import exports, metrics_series, services
 from ..access import can_change, dataset_shown, get_run_for_user, visible_config
 from ..artifacts import download_response
@@ -133,7 +135,9 @@ def run_list(request: HttpRequest) -> HttpResponse:
         "filters": filters,
         "statuses": Run.Status.choices,
         "datasets": sorted(set(Run.objects.values_list("dataset", flat=True).distinct())),
-        "algorithms": sorted(set(Run.objects.values_list("algorithm", flat=True).distinct())),
+        # Every algorithm the library has, by name and label: the filter never depends on
+        # which ones happen to have runs.
+        "algorithms": [(name, algorithm.label) for name, algorithm in ALGORITHMS.items()],
         "owners": list(owners),
         "sorts": [(key, label) for key, (label, _) in SORTS.items()],
         "filtered": filters.active,

@@ -1,11 +1,11 @@
 """The inner step replayed as a CUDA graph: the GPU path's main speed lever.
 
 Why: the paper's networks are tiny, so on a GPU an eager inner step (forward, loss, backward,
-Adam) is nothing but kernel launches and Python: 2.7 ms per step of batch 10 on an H200,
-against 0.33 ms when the same kernels are captured once as a CUDA graph and replayed
-(measured with scripts/gpu_report.py; the replayed weights were bit-identical to eager steps
-with the same optimizer). A graph is captured per input shape (the training batch, the
-evaluation batch, FOMAML's tail batch) the first time that shape is seen.
+Adam) is nothing but kernel launches and Python; captured once as a CUDA graph and replayed,
+the same kernels run many times faster (figures in docs/engine.md; the replayed weights are
+bit-identical to eager steps with the same capturable optimizer). A graph is captured per
+input shape (the training batch, the evaluation batch, FOMAML's tail batch) the first time
+that shape is seen.
 
 What a graph needs, and how the Learner keeps it true:
 - fixed addresses: the weights are only ever changed in place (``load_params`` copies, the
@@ -25,7 +25,7 @@ Any failure to capture is reported once (a warning) and the learner carries on e
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -36,7 +36,7 @@ __all__ = ["GraphedSteps", "graphs_supported"]
 WARMUP_STEPS = 3  # PyTorch's recipe warms up on a side stream before capturing
 
 
-def graphs_supported(params: list[nn.Parameter], optimizer_name: str) -> bool:
+def graphs_supported(params: Sequence[torch.Tensor], optimizer_name: str) -> bool:
     """CUDA graphs are used for Adam on a CUDA device (SGD steps are cheap to launch and the
     sine network is on the CPU in practice)."""
     return optimizer_name == "adam" and bool(params) and params[0].is_cuda
@@ -62,12 +62,12 @@ class GraphedSteps:
     def __init__(
         self,
         model: nn.Module,
-        params: list[nn.Parameter],
+        params: Sequence[torch.Tensor],
         optimizer: torch.optim.Optimizer,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     ) -> None:
         self.model = model
-        self.params = params
+        self.params = list(params)
         self.optimizer = optimizer
         self.loss_fn = loss_fn
         self._graphs: dict[tuple[Any, ...], _Captured] = {}

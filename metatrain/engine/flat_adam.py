@@ -2,8 +2,8 @@
 
 On the CPU, ``torch.optim.Adam(foreach=True)`` runs each of its ten operations once per
 parameter tensor (the CPU's foreach kernels are loops) and reads every tensor's step count with
-``.item()``: about 0.55 ms of a 4.3 ms inner step of the Omniglot network, 18 tensors of 113k
-numbers in all. Here the optimizer's moments live in three flat buffers, and its ``state`` holds
+``.item()``, a noticeable share of a small network's inner step (docs/engine.md). Here the
+optimizer's moments live in three flat buffers, and its ``state`` holds
 views into them, so each operation of Adam's runs once over all the numbers, and only copying
 the gradients in and the final ``addcdiv_`` into the weights go tensor by tensor.
 
@@ -16,8 +16,8 @@ and state loaded from elsewhere is copied into the buffers at the next step.
 
 A step can also be taken in pieces (``begin_step``, then ``apply`` per range of weights, in
 any order and on any thread): the same element-wise operations on slices of the buffers, so
-the same bits (tested). ``metatrain.threaded_backward`` updates each part of the network as
-soon as its backward pass is done with it.
+the same bits (tested). ``metatrain.engine.by_hand``'s helper thread updates each part of the
+network as soon as its backward pass is done with it.
 """
 
 from __future__ import annotations

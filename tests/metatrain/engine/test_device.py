@@ -1,4 +1,4 @@
-"""Device helpers (metatrain.runtime): the float32 precision a GPU computes in.
+"""Device helpers (metatrain.engine.device): the float32 precision a GPU computes in.
 
 PyTorch's precision flags can be set and read without a GPU, so the context manager's logic is
 tested everywhere; the tests marked ``gpu`` check on a real device that the flags take effect
@@ -13,9 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metatrain import preset
+from metatrain import Compute, preset
+from metatrain.engine.device import float32_precision
 from metatrain.reporting import PrintReporter, Reporter
-from metatrain.runtime import float32_precision
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")
@@ -121,7 +121,7 @@ def test_training_on_the_gpu_runs_in_the_precision_asked_for(tmp_path, tf32, tf3
         pytest.skip("no Omniglot under $METATRAIN_DATA")
     seen = _PrecisionSeen()
     cfg = preset("omniglot-5way-1shot", meta_iters=3, validation_interval=0)
-    train(cfg, tmp_path, reporter=seen, device="cuda", tf32=tf32)
+    train(cfg, tmp_path, reporter=seen, compute=Compute(device="cuda", tf32=tf32))
     mode = "tf32" if tf32 else "ieee"
     assert seen.tf32 is tf32 and seen.seen == {(mode, mode)}
     assert _flags() == ("tf32", "tf32")
@@ -135,7 +135,6 @@ def test_a_cpu_run_reports_float32_even_when_tf32_is_asked_for(tmp_path):
         preset("sine", meta_iters=1, validation_interval=0),
         tmp_path,
         reporter=seen,
-        device="cpu",
-        tf32=True,
+        compute=Compute(device="cpu", tf32=True),
     )
     assert seen.tf32 is False

@@ -1,4 +1,4 @@
-"""scripts/gpu_report.py, the one-shot GPU report: its planning, its table, the CPU dry run of
+"""tools/gpu_report.py, the one-shot GPU report: its planning, its table, the CPU dry run of
 the CUDA-graph stage, killing an overrunning child, and a whole run on CPU on real Omniglot."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from metatrain.data import omniglot_available
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "gpu_report.py"
+SCRIPT = ROOT / "tools" / "gpu_report.py"
 DATA = Path(os.environ.get("METATRAIN_DATA") or ROOT.parent / "shared/data")
 
 
@@ -196,7 +196,8 @@ def test_the_bench_stage_records_run_bench_and_its_report(monkeypatch):
     args = gpu_report.parse_args(["--out", "x", "--device", "cpu"])
     args.deadline = time.time() + 60
     result = gpu_report.stage_bench(args, lambda partial: None)
-    assert calls["device"] == "cpu" and calls["rounds"] == 2 and 0.5 <= calls["seconds"] < 15
+    assert calls["compute"].device == "cpu" and calls["compute"].workers == "auto"
+    assert calls["rounds"] == 2 and 0.5 <= calls["seconds"] < 15
     assert result["train_speedup"] == 1.5 and result["eval_speedup"] == 2.0
     assert result["sine_eval_speedup"] == 9.0
     assert result["report"] == "REPORT" and result["log"] == ["a line"]

@@ -1,4 +1,5 @@
-"""The two-thread inner step (metatrain.threaded_backward): autograd's numbers, clean failures."""
+"""Inner steps by hand (metatrain.engine.by_hand), on one thread and two: autograd's numbers,
+clean failures."""
 
 from __future__ import annotations
 
@@ -15,17 +16,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from metatrain import preset
+from metatrain.engine.by_hand import ManualBackward, ThreadedBackward
+from metatrain.losses import SUMMED_CROSS_ENTROPY, Loss
 from metatrain.models import build_model
-from metatrain.threaded_backward import ManualBackward, ThreadedBackward, summed_cross_entropy
 from tests.metatrain.synthetic import tiny_config
 
-# The learner's own loss: with it a Flatten-Linear head runs without autograd.
+# The learner's own loss: it declares a by-hand form, so a Flatten-Linear head runs without
+# autograd.
+summed_cross_entropy = SUMMED_CROSS_ENTROPY
 _summed_cross_entropy = summed_cross_entropy
 
 
-def _any_other_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The same numbers, but not the function the hand-written head is for."""
-    return F.cross_entropy(out, y, reduction="sum")
+class _NoHandHead(Loss):
+    """The same numbers, declaring no by-hand form: the head runs under autograd."""
+
+    def __call__(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(out, y, reduction="sum")
+
+
+_any_other_loss = _NoHandHead()
 
 
 def _net_and_batch(name: str, batch: int, channels_last: bool, seed: int = 0):
@@ -95,7 +104,7 @@ def test_loss_output_and_every_gradient_are_autograds_to_the_bit(
 def test_one_thread_gives_autograds_bits_with_either_head(name, loss):
     model, x, y = _net_and_batch(name, 6, True)
     step = ManualBackward(model, list(model.parameters()), loss)
-    assert (step._linear_head is not None) == (loss is summed_cross_entropy)
+    assert (step._linear_head is not None) == loss.has_linear_head
     for _ in range(2):
         out, value, grads = step(x, y)
         assert torch.equal(out, model(x).detach()) and not out.requires_grad
@@ -111,7 +120,7 @@ def test_both_heads_give_autograds_bits_now_and_later(name, loss):
     model, x, y = _net_and_batch(name, 6, True)
     step = ThreadedBackward(model, list(model.parameters()), loss)
     try:
-        assert (step._linear_head is not None) == (loss is summed_cross_entropy)
+        assert (step._linear_head is not None) == loss.has_linear_head
         out, value, grads = step(x, y)
         assert torch.equal(out, model(x).detach())
         assert torch.equal(value, _summed_cross_entropy(model(x), y))
@@ -216,7 +225,7 @@ def test_foreign_params_are_refused():
 
 
 def test_a_failure_on_either_thread_is_raised_and_the_next_step_works(threaded, monkeypatch):
-    from metatrain import threaded_backward
+    from metatrain.engine import by_hand as threaded_backward
 
     model, x, y = _net_and_batch("tiny", 6, True)
     step = threaded(model)
@@ -280,11 +289,11 @@ def test_a_process_that_never_closes_it_exits_cleanly():
     code = (
         "import torch\n"
         "from metatrain import preset\n"
-        "from metatrain.algorithms import Learner\n"
+        "from metatrain.engine.learner import Learner\n"
         "from metatrain.models import build_model\n"
         "config = preset('omniglot-5way-1shot')\n"
-        "learner = Learner.from_config(build_model(config), config)\n"
-        "assert learner.use_threaded_backward()\n"
+        "learner = Learner.from_config(build_model(config), config, helper_thread=True)\n"
+        "assert learner.step_kind == 'helper_thread'\n"
         "x, y = torch.rand(10, 1, 28, 28), torch.randint(0, 5, (10,))\n"
         "for _ in range(3):\n"
         "    learner.step(x, y)\n"
@@ -410,7 +419,7 @@ def test_closing_answers_later_jobs_still_waiting():
 
 
 def _flat_adam(model: nn.Module):
-    from metatrain.flat_adam import FlatAdam
+    from metatrain.engine.flat_adam import FlatAdam
 
     return FlatAdam(torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.0, 0.999), eps=1e-8))
 

@@ -1,4 +1,5 @@
-"""CUDA graphs for the inner step (metatrain.cuda_graphs) and the optimizer state they need.
+"""CUDA graphs for the inner step (metatrain.engine.cuda_graphs) and the optimizer state they
+need.
 
 The graph tests need a CUDA device (marked ``gpu``, skipped without one: CI has none; they
 were run on a lent H200, see the README). The state-handling tests run anywhere.
@@ -9,19 +10,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metatrain import preset
-from metatrain.algorithms import Learner
+from metatrain import Compute, preset
+from metatrain.engine.device import prepare_model
+from metatrain.engine.learner import Learner
 from metatrain.models import build_model
-from metatrain.runtime import prepare_model
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def _learner(device: str, cuda_graphs: bool, keep_state: bool = True) -> Learner:
+def _learner(device: str, cuda_graphs: bool, keep_state: bool = True, **kw) -> Learner:
     cfg = preset("omniglot-5way-1shot", keep_adam_state=keep_state)
     model = build_model(cfg, torch.Generator().manual_seed(0))
     prepare_model(model, torch.device(device))
-    return Learner.from_config(model, cfg, cuda_graphs=cuda_graphs)
+    return Learner.from_config(model, cfg, cuda_graphs=cuda_graphs, **kw)
 
 
 def _batches(device: str, n: int, size: int, seed: int = 0):
@@ -36,7 +37,7 @@ def _batches(device: str, n: int, size: int, seed: int = 0):
 
 def test_a_checkpoint_saved_with_capturable_adam_loads_and_steps_on_the_cpu():
     learner = _learner("cpu", cuda_graphs=True)  # no CUDA: graphs are not used
-    assert learner.graphs is None and not learner.uses_cuda_graphs
+    assert learner.step_kind != "cuda_graph" and not learner.uses_cuda_graphs
     for x, y in _batches("cpu", 2, 10):
         learner.step(x, y)
     saved = learner.optimizer.state_dict()
@@ -62,8 +63,8 @@ def test_resetting_the_optimizer_without_graphs_forgets_its_state():
 @needs_cuda
 def test_graph_replays_compute_what_eager_capturable_steps_compute():
     graphed = _learner("cuda", cuda_graphs=True, keep_state=False)
-    eager = _learner("cuda", cuda_graphs=True, keep_state=False)
-    eager.graphs = None  # same capturable Adam, kernels launched one by one
+    # The same capturable Adam, kernels launched one by one.
+    eager = _learner("cuda", cuda_graphs=True, keep_state=False, step="autograd", capturable=True)
     theta = graphed.copy_params()
     for task in range(3):  # tasks with a reset in between, two batch shapes
         for learner in (graphed, eager):
@@ -73,7 +74,7 @@ def test_graph_replays_compute_what_eager_capturable_steps_compute():
         for x, y in batches:
             graphed.step(x, y)
             eager.step(x, y)
-    assert graphed.uses_cuda_graphs and graphed.graphs.captures == 2
+    assert graphed.uses_cuda_graphs and graphed.inner_step.graphs.captures == 2
     for a, b in zip(graphed.params, eager.params, strict=True):
         assert torch.equal(a, b)
 
@@ -85,8 +86,7 @@ def test_capture_changes_neither_weights_nor_optimizer_state():
     for x, y in _batches("cuda", 2, 10):
         learner.step(x, y)  # the first step captures (batch 10)
     x5, y5 = next(_batches("cuda", 1, 5, seed=3))
-    reference = _learner("cuda", cuda_graphs=True)
-    reference.graphs = None
+    reference = _learner("cuda", cuda_graphs=True, step="autograd", capturable=True)
     reference.load_params(learner.copy_params())
     # By position, not optimizer_snapshot(): a snapshot is keyed by the learner's own
     # parameter objects and only restores into that learner (a first version of this test
@@ -107,8 +107,8 @@ def test_training_on_the_gpu_with_and_without_graphs_agrees(tmp_path, monkeypatc
     if not data.omniglot_available(None):
         pytest.skip("no Omniglot under $METATRAIN_DATA")
     cfg = preset("omniglot-5way-1shot", meta_iters=4, validation_interval=2, validation_tasks=5)
-    graphed = train(cfg, tmp_path / "graphs", device="cuda")
-    eager = train(cfg, tmp_path / "eager", device="cuda", cuda_graphs=False)
+    graphed = train(cfg, tmp_path / "graphs", compute=Compute(device="cuda"))
+    eager = train(cfg, tmp_path / "eager", compute=Compute(device="cuda", cuda_graphs=False))
     assert graphed.iterations_done == eager.iterations_done == 4
     from safetensors.torch import load_file
 
@@ -116,6 +116,6 @@ def test_training_on_the_gpu_with_and_without_graphs_agrees(tmp_path, monkeypatc
     b = load_file(str(tmp_path / "eager" / "initialization.safetensors"))
     for name in a:
         if name.startswith("conv") and name.endswith(".bias"):
-            continue  # zero gradient up to rounding under batch norm (see cuda_graphs.py)
+            continue  # zero gradient up to rounding under batch norm (docs/engine.md)
         diff = float((a[name] - b[name]).abs().max())
         assert diff < 5e-3, f"{name}: max abs difference {diff:.2e}"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Everything we want to know from one short session on a lent GPU, in one command.
+"""What one short session on a lent GPU should measure, in one command (a tool, not the product).
 
-    python3 scripts/gpu_report.py --out DIR --budget-seconds 480 [--device cuda]
+    python3 tools/gpu_report.py --out DIR --budget-seconds 480 [--device cuda]
         [--presets omniglot-5way-1shot,omniglot-5way-5shot,...] [--skip bench,graphs]
 
 Stages, in order; each runs in its own subprocess with its own deadline (a stage that overruns
@@ -11,19 +11,19 @@ is killed and recorded as {"error": ...}; a CUDA error in one stage cannot poiso
 2. correctness: omniglot-5way-1shot, 3 meta-iterations with train() on CPU and on the device
    from the same seed; max |weight difference| (recorded, never a failure)
 3. bench: metatrain.bench.run_bench on the device (library vs plain loop), small budget
-4. graphs (CUDA only): one inner step of the Omniglot net eager vs captured in a CUDA graph,
-   batch 10 (training) and 5 (evaluation): ms/step and max |weight difference| after N steps
+4. graphs (CUDA only): one inner step of the Omniglot net through the engine's learner, eager
+   and replayed from its CUDA graph, batch 10 (training) and 5 (evaluation): ms per step and
+   max |weight difference| after N steps
 5. presets: one subprocess per preset, in parallel, each: time ~20 meta-iterations, train as
    many of the preset's meta-iterations as fit (the library's real train()), then evaluate
    transductive and non-transductive on the test split until its deadline -> DIR/<preset>.json
 6. summary: DIR/summary.json (everything) and a table printed last on stdout.
 
-DIR stays small (the lent machine returns at most 8 files): environment.json, summary.json,
-report.log (this stdout) and one <preset>.json per preset. Run folders live in a temporary
-work folder outside DIR and are deleted at the end (--keep-work keeps them).
-
-Stage budgets are caps: time a stage does not use goes to the presets. The whole script stays
-within --budget-seconds (plus a few seconds to kill a stuck child).
+DIR holds environment.json, summary.json, report.log (this stdout) and one <preset>.json per
+preset. Run folders live in a temporary work folder outside DIR and are deleted at the end
+(--keep-work keeps them). Stage budgets are caps: time a stage does not use goes to the
+presets. The whole script stays within --budget-seconds (plus a few seconds to kill a stuck
+child).
 """
 
 from __future__ import annotations
@@ -65,7 +65,6 @@ MARGIN = (0.04, 5.0, 20.0)  # kept free at the end: summary, stopping stragglers
 PRESETS_MIN_SECONDS = 15.0  # earlier stages are cut short to leave the presets at least this
 KILL_GRACE = 3.0  # seconds between SIGTERM and SIGKILL of an overrunning child
 CHILD_END_MARGIN = 2.0  # a preset child stops its own work this long before its deadline
-MAX_FILES_IN_OUT = 8  # what the lent machine brings back from DIR
 
 # ----------------------------------------------------------------------------------------
 # small helpers (no torch here: the orchestrator never imports it)
@@ -233,9 +232,6 @@ def _sync(torch: Any, device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
-_REPORTER_CLASS: Any = None
-
-
 def deadline_reporter(
     until: float,
     *,
@@ -254,66 +250,50 @@ def deadline_reporter(
       since the first one.
 
     It records the time of every poll (before each meta-iteration and each evaluation task)
-    and of every meta-iteration, and the validations. (Built lazily: importing metatrain
-    imports torch, which the orchestrator never does.)"""
-    global _REPORTER_CLASS
-    if _REPORTER_CLASS is None:
-        from metatrain.reporting import Reporter
+    and of every meta-iteration, and the validations. (Defined here, in the children:
+    importing metatrain imports torch, which the orchestrator never does.)"""
+    from metatrain.reporting import Reporter
 
-        class DeadlineReporter(Reporter):
-            def __init__(self, until: float, **limits: Any) -> None:
-                self.until = until
-                self.max_polls = limits["max_polls"]
-                self.enough_iterations = limits["enough_iterations"]
-                self.min_seconds = limits["min_seconds"]
-                self.at_least_iterations = limits["at_least_iterations"]
-                self.hard_until = limits["hard_until"]
-                self.polls: list[float] = []
-                self.iter_times: list[float] = []
-                self.iter_seconds: list[float] = []
-                self.last_metrics: dict[str, float] = {}
-                self.validations: list[dict[str, Any]] = []
-                self.checkpoints = 0
-                self.stop_reason: str | None = None
+    class DeadlineReporter(Reporter):
+        def __init__(self) -> None:
+            self.polls: list[float] = []
+            self.iter_times: list[float] = []
+            self.iter_seconds: list[float] = []
+            self.last_metrics: dict[str, float] = {}
+            self.validations: list[dict[str, Any]] = []
+            self.checkpoints = 0
+            self.stop_reason: str | None = None
 
-            def should_stop(self) -> bool:
-                now = time.time()
-                self.polls.append(time.perf_counter())
-                n = len(self.iter_times)
-                if self.max_polls is not None and len(self.polls) > self.max_polls:
-                    self.stop_reason = "max_polls"
-                elif (
-                    self.enough_iterations is not None
-                    and n >= self.enough_iterations
-                    and time.perf_counter() - self.iter_times[0] >= self.min_seconds
-                ):
-                    self.stop_reason = "enough_iterations"
-                elif now >= self.until and n >= self.at_least_iterations:
-                    self.stop_reason = "deadline"
-                elif self.hard_until is not None and now >= self.hard_until:
-                    self.stop_reason = "hard_deadline"
-                return self.stop_reason is not None
+        def should_stop(self) -> bool:
+            now = time.time()
+            self.polls.append(time.perf_counter())
+            n = len(self.iter_times)
+            if max_polls is not None and len(self.polls) > max_polls:
+                self.stop_reason = "max_polls"
+            elif (
+                enough_iterations is not None
+                and n >= enough_iterations
+                and time.perf_counter() - self.iter_times[0] >= min_seconds
+            ):
+                self.stop_reason = "enough_iterations"
+            elif now >= until and n >= at_least_iterations:
+                self.stop_reason = "deadline"
+            elif hard_until is not None and now >= hard_until:
+                self.stop_reason = "hard_deadline"
+            return self.stop_reason is not None
 
-            def on_iteration(self, iteration: int, metrics: dict[str, float]) -> None:
-                self.iter_times.append(time.perf_counter())
-                self.iter_seconds.append(float(metrics.get("seconds", 0.0)))
-                self.last_metrics = {"iteration": iteration, **metrics}
+        def on_iteration(self, iteration: int, metrics: dict[str, float]) -> None:
+            self.iter_times.append(time.perf_counter())
+            self.iter_seconds.append(float(metrics.get("seconds", 0.0)))
+            self.last_metrics = {"iteration": iteration, **metrics}
 
-            def on_validation(self, iteration: int, result: Any) -> None:
-                self.validations.append({"iteration": iteration, **result.to_dict()})
+        def on_validation(self, iteration: int, result: Any) -> None:
+            self.validations.append({"iteration": iteration, **result.to_dict()})
 
-            def on_checkpoint(self, iteration: int, path: str) -> None:
-                self.checkpoints += 1
+        def on_checkpoint(self, iteration: int, path: str) -> None:
+            self.checkpoints += 1
 
-        _REPORTER_CLASS = DeadlineReporter
-    return _REPORTER_CLASS(
-        until,
-        max_polls=max_polls,
-        enough_iterations=enough_iterations,
-        min_seconds=min_seconds,
-        at_least_iterations=at_least_iterations,
-        hard_until=hard_until,
-    )
+    return DeadlineReporter()
 
 
 def _rate(rep: Any) -> tuple[float, int]:
@@ -431,9 +411,10 @@ def stage_correctness(args: argparse.Namespace, save: Callable[[dict], None]) ->
     torch = _setup_torch(args.threads)
     from safetensors.torch import load_file
 
+    from metatrain import Compute
     from metatrain.config import preset
+    from metatrain.engine.device import resolve_device
     from metatrain.evaluate import evaluate
-    from metatrain.runtime import resolve_device
     from metatrain.train import train
 
     dev = resolve_device(args.device)
@@ -446,7 +427,7 @@ def stage_correctness(args: argparse.Namespace, save: Callable[[dict], None]) ->
         "meta_iters": iters,
         "device": str(dev),
         "call": f"train(preset('omniglot-5way-1shot', meta_iters={iters}, "
-        f"validation_interval=0, checkpoint_interval={iters}), dir, device=...)",
+        f"validation_interval=0, checkpoint_interval={iters}), dir, compute=Compute(...))",
     }
     work = Path(args.work) / "correctness"
     runs = {}
@@ -454,7 +435,7 @@ def stage_correctness(args: argparse.Namespace, save: Callable[[dict], None]) ->
     for label, device in (("cpu", torch.device("cpu")), ("device", dev)):
         t = time.perf_counter()
         rep = deadline_reporter(args.deadline)
-        res = train(cfg, work / label, reporter=rep, device=device)
+        res = train(cfg, work / label, reporter=rep, compute=Compute(device=str(device)))
         _sync(torch, device)
         out[f"{label}_train_s"] = round(time.perf_counter() - t, 3)
         out[f"{label}_iterations_done"] = res.iterations_done
@@ -489,7 +470,7 @@ def stage_correctness(args: argparse.Namespace, save: Callable[[dict], None]) ->
                 tasks=tasks,
                 transductive=mode,
                 split="test",
-                device=device,
+                compute=Compute(device=str(device)),
                 reporter=deadline_reporter(args.deadline - 1),
             )
             evals[f"{label}_{'trans' if mode else 'nontrans'}"] = {
@@ -503,6 +484,7 @@ def stage_correctness(args: argparse.Namespace, save: Callable[[dict], None]) ->
 
 def stage_bench(args: argparse.Namespace, save: Callable[[dict], None]) -> dict:
     _setup_torch(args.threads)
+    from metatrain import Compute
     from metatrain.bench import format_report, run_bench
 
     # run_bench takes (data, warm-ups: a few seconds) + for each of its four comparisons
@@ -518,12 +500,14 @@ def stage_bench(args: argparse.Namespace, save: Callable[[dict], None]) -> dict:
         lines.append(text)
         plain_print(text)
 
-    result = run_bench(device=args.device, seconds=seconds, rounds=2, log=log)
+    compute = Compute(device=args.device, workers="auto")
+    result = run_bench(compute=compute, seconds=seconds, rounds=2, log=log)
     report = format_report(result)
     plain_print(report)
     return {
         "params": params,
-        "call": f"run_bench(device={args.device!r}, seconds={seconds:.2f}, rounds=2)",
+        "call": f"run_bench(compute=Compute(device={args.device!r}, workers='auto'), "
+        f"seconds={seconds:.2f}, rounds=2)",
         "result": result,
         "report": report,
         "train_speedup": result["train"]["speedup"],
@@ -533,78 +517,45 @@ def stage_bench(args: argparse.Namespace, save: Callable[[dict], None]) -> dict:
     }
 
 
-class _StepTimer:
-    """Per-step times: CUDA events on CUDA (no sync inside the loop), perf_counter on CPU."""
-
-    def __init__(self, torch: Any, dev: Any) -> None:
-        self.torch = torch
-        self.cuda = dev.type == "cuda"
-
-    def sync(self) -> None:
-        if self.cuda:
-            self.torch.cuda.synchronize()
-
-    def run(self, fn: Callable[[int], None], n: int) -> tuple[list[float], float]:
-        """(per-step ms, wall ms per step) of n calls fn(0..n-1)."""
-        self.sync()
-        if self.cuda:
-            starts = [self.torch.cuda.Event(enable_timing=True) for _ in range(n)]
-            ends = [self.torch.cuda.Event(enable_timing=True) for _ in range(n)]
-            t0 = time.perf_counter()
-            for i in range(n):
-                starts[i].record()
-                fn(i)
-                ends[i].record()
-            self.sync()
-            wall = (time.perf_counter() - t0) * 1000 / n
-            return [s.elapsed_time(e) for s, e in zip(starts, ends, strict=True)], wall
-        marks = [time.perf_counter()]
-        for i in range(n):
-            fn(i)
-            marks.append(time.perf_counter())
-        per = [(b - a) * 1000 for a, b in zip(marks, marks[1:], strict=False)]
-        return per, (marks[-1] - marks[0]) * 1000 / n
+def _time_steps(torch: Any, dev: Any, fn: Callable[[int], None], n: int) -> float:
+    """Wall-clock ms per step of ``n`` calls ``fn(0..n-1)``, synchronised before and after."""
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for i in range(n):
+        fn(i)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) * 1000 / n
 
 
 def graph_case(torch: Any, dev: Any, batch: int, steps: int, check_steps: int) -> dict:
-    """One inner step of the Omniglot net (forward, summed cross-entropy, backward, Adam):
-    eager (the library's Learner.step; and with capturable Adam) vs a replayed CUDA graph.
+    """One inner step of the Omniglot net (forward, summed cross-entropy, backward, Adam)
+    through the engine's learner, three ways: ``eager_library`` (the eager step the library
+    falls back to without graphs), ``eager_capturable`` (the same with capturable Adam, which
+    is what a graph replays) and ``graph`` (replayed from its CUDA graph).
 
-    On a CPU device this is a dry run of the same code (no capture: "replay" runs the step
-    eagerly, Adam is not capturable) so that the plumbing can be tested without a GPU.
+    On a CPU device this is a dry run (no capture: "graph" is the eager step, Adam is not
+    capturable), so that the plumbing can be tested without a GPU.
     """
-    import torch.nn.functional as F
-
     from metatrain import seeding
-    from metatrain.algorithms import ADAM_EPS, Learner
     from metatrain.config import preset
+    from metatrain.engine.device import prepare_model
+    from metatrain.engine.learner import Learner
     from metatrain.models import build_model
-    from metatrain.runtime import prepare_model
 
     cuda = dev.type == "cuda"
-    timer = _StepTimer(torch, dev)
-    cfg = preset("omniglot-5way-1shot")
+    cfg = preset("omniglot-5way-1shot", keep_adam_state=True)
+    kinds = {
+        "eager_library": {"cuda_graphs": False},
+        "eager_capturable": {"step": "autograd", "capturable": cuda},
+        "graph": {"step": "cuda_graph"} if cuda else {"step": "autograd"},
+    }
 
-    def fresh_model() -> Any:
-        m = build_model(cfg, generator=seeding.init_generator(cfg.seed))
-        prepare_model(m, dev)  # channels_last, as train() and evaluate()
-        return m
-
-    def adam(model: Any, capturable: bool) -> Any:
-        return torch.optim.Adam(
-            model.parameters(),
-            lr=cfg.inner_lr,
-            betas=(0.0, cfg.adam_beta2),
-            eps=ADAM_EPS,
-            foreach=True,
-            capturable=capturable and cuda,
-        )
-
-    def eager_step(model: Any, opt: Any, x: Any, y: Any) -> None:
-        loss = F.cross_entropy(model(x), y, reduction="sum")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    def learner(options: dict[str, Any]) -> Any:
+        model = build_model(cfg, generator=seeding.init_generator(cfg.seed))
+        prepare_model(model, dev)  # channels_last, as train() and evaluate()
+        return Learner.from_config(model, cfg, **options)
 
     gen = torch.Generator().manual_seed(1234 + batch)
     nb = 32
@@ -617,112 +568,50 @@ def graph_case(torch: Any, dev: Any, batch: int, steps: int, check_steps: int) -
     ]
     ys = [torch.randint(0, cfg.ways, (batch,), generator=gen).to(dev) for _ in range(nb)]
 
-    # --- capture, following PyTorch's "whole network capture" recipe: warm up on a side
-    # stream (this also creates Adam's state), grads set to None, then capture forward,
-    # backward and the optimizer step
-    mg = fresh_model()
-    init = [p.detach().clone() for p in mg.parameters()]
-    og = adam(mg, True)
-    sx, sy = xs[0].clone(), ys[0].clone()
-    t = time.perf_counter()
-    if cuda:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                eager_step(mg, og, sx, sy)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        og.zero_grad(set_to_none=True)
-        with torch.cuda.graph(graph):
-            static_loss = F.cross_entropy(mg(sx), sy, reduction="sum")
-            static_loss.backward()
-            og.step()
-        torch.cuda.synchronize()
-        launch = graph.replay
-    else:
-        for _ in range(3):
-            eager_step(mg, og, sx, sy)
-
-        def launch() -> None:
-            eager_step(mg, og, sx, sy)
-
-    capture_s = time.perf_counter() - t
-
-    def replay(i: int) -> None:
-        sx.copy_(xs[i % nb])
-        sy.copy_(ys[i % nb])
-        launch()
-
-    # --- correctness: back to the initial weights and a fresh optimizer state, in place
-    # (the graph holds these addresses; a fresh Adam state is step 0 and zero moments),
-    # then N replays vs N eager steps of fresh models on the same batches
-    with torch.no_grad():
-        for p, p0 in zip(mg.parameters(), init, strict=True):
-            p.copy_(p0)
-        for state in og.state.values():
-            for value in state.values():
-                if torch.is_tensor(value):
-                    value.zero_()
-    for i in range(check_steps):
-        replay(i)
-    timer.sync()
-    w_graph = [p.detach().clone() for p in mg.parameters()]
-
-    def eager_weights(capturable: bool) -> list[Any]:
-        me = fresh_model()
-        oe = adam(me, capturable)
+    # correctness: check_steps steps of each from the same initial weights and a fresh Adam
+    weights: dict[str, list[Any]] = {}
+    capture_s = 0.0
+    for name, options in kinds.items():
+        lrn = learner(options)
+        t = time.perf_counter()
         for i in range(check_steps):
-            eager_step(me, oe, xs[i % nb], ys[i % nb])
-        timer.sync()
-        return [p.detach().clone() for p in me.parameters()]
+            lrn.step(xs[i % nb], ys[i % nb])
+            if i == 0 and name == "graph":
+                capture_s = time.perf_counter() - t
+        weights[name] = [p.detach().clone() for p in lrn.params]
+        if name == "graph" and cuda and not lrn.uses_cuda_graphs:
+            raise RuntimeError(f"the capture failed: {lrn.inner_step.graphs.failed}")
+    initial = [p.detach() for p in learner({}).params]
 
     def max_diff(a: list[Any], b: list[Any]) -> float:
         return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
 
-    w_eager = eager_weights(False)
-    w_eager2 = eager_weights(False)
-    w_eager_cap = eager_weights(True)
-    tolerance = 1e-4
-    diff_cap = max_diff(w_graph, w_eager_cap)
-
-    # --- timing: the three variants in alternating rounds after a warm-up
-    lib_model = fresh_model()
-    learner = Learner.from_config(lib_model, cfg)  # the library's inner step, as trained
-    cap_model = fresh_model()
-    cap_opt = adam(cap_model, True)
-    variants: dict[str, Callable[[int], None]] = {
-        "eager_library": lambda i: learner.step(xs[i % nb], ys[i % nb]),
-        "eager_capturable": lambda i: eager_step(cap_model, cap_opt, xs[i % nb], ys[i % nb]),
-        "graph": replay,
-    }
-    for fn in variants.values():
-        timer.run(fn, 20)
-    per_step: dict[str, list[float]] = {k: [] for k in variants}
-    wall: dict[str, list[float]] = {k: [] for k in variants}
+    # timing: the three in alternating rounds after a warm-up
+    learners = {name: learner(options) for name, options in kinds.items()}
+    for lrn in learners.values():
+        _time_steps(torch, dev, lambda i, lrn=lrn: lrn.step(xs[i % nb], ys[i % nb]), 20)
+    wall: dict[str, list[float]] = {k: [] for k in kinds}
     rounds = 2
     n = max(5, steps // rounds)
     for r in range(rounds):
-        order = list(variants.items())
+        order = list(learners.items())
         if r % 2:
             order.reverse()
-        for name, fn in order:
-            per, w = timer.run(fn, n)
-            per_step[name].extend(per)
-            wall[name].append(w)
-    timing = {}
-    for name in variants:
-        ms = sorted(per_step[name])
-        timing[name] = {
-            "median_ms": round(statistics.median(ms), 4),
-            "p10_ms": round(ms[len(ms) // 10], 4),
-            "p90_ms": round(ms[(9 * len(ms)) // 10], 4),
-            "wall_ms_per_step": round(statistics.median(wall[name]), 4),
-            "wall_ms_per_step_rounds": [round(w, 4) for w in wall[name]],
-            "steps": len(ms),
+        for name, lrn in order:
+            ms = _time_steps(torch, dev, lambda i, lrn=lrn: lrn.step(xs[i % nb], ys[i % nb]), n)
+            wall[name].append(ms)
+    timing = {
+        name: {
+            "wall_ms_per_step": round(statistics.median(ms), 4),
+            "wall_ms_per_step_rounds": [round(x, 4) for x in ms],
+            "steps": n * rounds,
         }
+        for name, ms in wall.items()
+    }
     lib = timing["eager_library"]["wall_ms_per_step"]
     gr = timing["graph"]["wall_ms_per_step"]
+    tolerance = 1e-4
+    diff_cap = max_diff(weights["graph"], weights["eager_capturable"])
     return {
         "batch": batch,
         "dry_run_without_cuda": not cuda,
@@ -735,10 +624,9 @@ def graph_case(torch: Any, dev: Any, batch: int, steps: int, check_steps: int) -
             timing["eager_capturable"]["wall_ms_per_step"] / max(gr, 1e-9), 3
         ),
         "check_steps": check_steps,
-        "weights_moved_max_abs": max_diff(w_eager, init),
+        "weights_moved_max_abs": max_diff(weights["eager_library"], initial),
         "max_abs_diff_graph_vs_eager_capturable": diff_cap,
-        "max_abs_diff_graph_vs_eager_library": max_diff(w_graph, w_eager),
-        "max_abs_diff_eager_vs_eager": max_diff(w_eager, w_eager2),
+        "max_abs_diff_graph_vs_eager_library": max_diff(weights["graph"], weights["eager_library"]),
         "tolerance": tolerance,
         "within_tolerance": diff_cap <= tolerance,
     }
@@ -746,20 +634,19 @@ def graph_case(torch: Any, dev: Any, batch: int, steps: int, check_steps: int) -
 
 def stage_graphs(args: argparse.Namespace, save: Callable[[dict], None]) -> dict:
     torch = _setup_torch(args.threads)
-    from metatrain.runtime import resolve_device
+    from metatrain.engine.device import resolve_device
 
     dev = resolve_device(args.device)
     dry = dev.type != "cuda"
     if dry and not args.graphs_on_cpu:
         return {"skipped": "CUDA graphs need a CUDA device"}
     out: dict[str, Any] = {
-        "what": "one inner step of omniglot_conv (channels_last): forward, summed "
-        "cross-entropy, backward, Adam(betas=(0, 0.999), eps=1e-8, foreach); eager_library = "
-        "metatrain's Learner.step (capturable=False); eager_capturable = the same step with "
-        "capturable Adam; graph = torch.cuda.CUDAGraph replay of it (capturable Adam), inputs "
-        "copied into static tensors before each replay (inside the timing). ms/step: wall "
-        "clock over a block of steps (sync before and after), median of 2 rounds; per-step "
-        "CUDA-event medians in timing.",
+        "what": "one inner step of omniglot_conv (channels_last) through metatrain's learner: "
+        "forward, summed cross-entropy, backward, Adam(betas=(0, 0.999), eps=1e-8); "
+        "eager_library = its eager step (cuda_graphs off); eager_capturable = the same with "
+        "capturable Adam; graph = its CUDA graph replay, the inputs copied into static tensors "
+        "inside the timing. ms/step: wall clock over a block of steps (sync before and after), "
+        "median of 2 rounds.",
         "dry_run_without_cuda": dry,
         "cases": {},
     }
@@ -896,12 +783,14 @@ def run_single_preset(args: argparse.Namespace) -> int:
     trep = None
     try:
         torch = _setup_torch(args.threads)
+        from metatrain import Compute
         from metatrain.config import preset
+        from metatrain.engine.device import resolve_device
         from metatrain.evaluate import evaluate
-        from metatrain.runtime import resolve_device
         from metatrain.train import train
 
         dev = resolve_device(args.device)
+        compute = Compute(device=str(dev))
         mark("imported")
         base = preset(name)
         res["preset_meta_iters"] = base.meta_iters
@@ -924,7 +813,7 @@ def run_single_preset(args: argparse.Namespace) -> int:
             hard_until=t_probe + 0.5 * left(),
         )
         probe_dir = work / "probe"
-        train(probe_cfg, probe_dir, reporter=rep, device=dev)
+        train(probe_cfg, probe_dir, reporter=rep, compute=compute)
         rate, done = _rate(rep)
         if done == 0:
             raise RuntimeError("no time for a single meta-iteration")
@@ -941,7 +830,7 @@ def run_single_preset(args: argparse.Namespace) -> int:
                 tasks=base.final_eval_tasks,
                 transductive=base.transductive,
                 split="test",
-                device=dev,
+                compute=compute,
                 reporter=eval_rep,
             )
             task_s = _task_seconds(eval_rep)
@@ -983,7 +872,8 @@ def run_single_preset(args: argparse.Namespace) -> int:
         )
         res["commands"] = {
             "train": f"train(preset({name!r}, meta_iters={cfg.meta_iters}, "
-            f"validation_interval={cfg.validation_interval}), RUN_DIR, device={args.device!r})",
+            f"validation_interval={cfg.validation_interval}), RUN_DIR, "
+            f"compute=Compute(device={args.device!r}))",
             "train_cli": f"python -m metatrain train --preset {name} --iterations "
             f"{cfg.meta_iters}{vset} --device {args.device} --threads {args.threads} "
             "--out RUN_DIR",
@@ -998,7 +888,7 @@ def run_single_preset(args: argparse.Namespace) -> int:
             f"(validation every {cfg.validation_interval or 'never'}), budget {train_budget:.0f} s"
         )
         t = time.perf_counter()
-        tres = train(cfg, run_dir, reporter=trep, device=dev)
+        tres = train(cfg, run_dir, reporter=trep, compute=compute)
         _sync(torch, dev)
         train_s = time.perf_counter() - t
         mark("trained")
@@ -1061,7 +951,7 @@ def run_single_preset(args: argparse.Namespace) -> int:
                 tasks=cfg.final_eval_tasks,
                 transductive=mode,
                 split="test",
-                device=dev,
+                compute=compute,
                 reporter=deadline_reporter(until),
             )
             d = r.to_dict()
@@ -1183,7 +1073,7 @@ class Orchestrator:
                     data_note = "not set: found next to the repository"
                     break
         self.summary: dict[str, Any] = {
-            "script": "scripts/gpu_report.py",
+            "script": "tools/gpu_report.py",
             "argv": [sys.executable, *sys.argv],
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.t0)),
             "budget_seconds": args.budget_seconds,
@@ -1279,13 +1169,6 @@ class Orchestrator:
         budget = deadline - time.time()
         record["budget_s"] = round(budget, 1)
         record["child_threads"] = self.args.child_threads
-        files = 3 + len(self.presets)  # environment, summary, report.log
-        if files > MAX_FILES_IN_OUT:
-            record["warning"] = (
-                f"{len(self.presets)} presets make {files} files in --out; only "
-                f"{MAX_FILES_IN_OUT} come back (summary.json holds every preset's result)"
-            )
-            self.log(record["warning"])
         if budget < 10:
             record.update(status="error", error=f"no time left ({budget:.1f} s)")
             return

@@ -1,53 +1,40 @@
 """One inner step of the paper's conv nets on the CPU from autograd's own kernel calls, made by
 hand: ``ManualBackward`` on the calling thread, ``ThreadedBackward`` on two threads.
-Bit-identical to autograd either way.
+Bit-identical to autograd either way (tested against ``torch.autograd.grad`` for the Omniglot
+and Mini-ImageNet nets). Measurements: ``docs/engine.md``.
 
-Why by hand at all: autograd's graph, engine and the modules' calls cost more than the small
-head's kernels. Measured on one Omniglot step (forward and backward, batch 10, one thread, 2-core
-Zen 5 VM, torch 2.13, medians of 8 alternating rounds): autograd 2.01 ms, by hand 1.77 ms; in
-the step, the ``Flatten``-``Linear`` head with the summed cross-entropy took 120-140 us under
-autograd and takes 57 us by hand. ReLU runs in place and the trunk's operations go through
-torch's own bindings (``torch.convolution``), a few microseconds cheaper per call than
-``torch.ops.aten``'s boxed path; the same kernels.
+Why by hand at all: on batches this small, autograd's graph, engine and the modules' calls
+cost more than the small head's kernels. ReLU runs in place and the trunk's operations go
+through torch's own bindings (``torch.convolution``), a few microseconds cheaper per call than
+``torch.ops.aten``'s boxed path; the same kernels. A head of ``Flatten`` and ``Linear`` under
+a loss that declares a by-hand form (``Loss.has_linear_head``, defined beside the loss in
+``metatrain.losses``) runs by hand too; any other head or loss under autograd.
 
 Why two threads: under the paper's chained Adam a meta-batch's tasks are a strict sequence
 (each task's steps need the moments the previous task left), so task workers cannot help and
-only a faster single step can. Two intra-op threads barely help on batches of 10 images.
+only a faster single step can, and two intra-op threads barely help on batches of 10 images.
 But a convolution's backward pass is two independent products: the gradient for its input,
 which the next layer down waits for, and the gradients for its weights and bias, which
-nothing in the step waits for. Measured on one Omniglot inner step (batch 10, one torch
-thread per thread, 2-core EPYC VM): autograd's forward and backward 1.61-1.70 ms; the same
-on two intra-op threads 1.33 ms; here, with the weight gradients on a helper thread,
-1.16-1.35 ms (the head under autograd and the hand-offs cost the upper end). Measured and not
-done: TorchScript ``fork`` instead of a Python thread (1.32 vs 1.33 ms).
+nothing in the step waits for. The helper thread takes the latter.
 
 Two more uses of the helper's idle time (it waits through the calling thread's forward pass):
 
 - ``update``: the optimizer's step taken inside the backward pass, all layers but the first
   on the helper as one job once their weights are no longer read, the first layer's here,
-  and the next step waits for the helper only after its first block. Adam then costs the
-  calling thread the first layer's 704 numbers instead of all 113k (about 0.25 ms of a
-  1.8 ms step). One job per layer was slower: each of Adam's ops is a hand-over of the
-  interpreter lock, and with four jobs' worth of them the calling thread's steps slowed more
-  than Adam cost.
+  and the next step waits for the helper only after its first block. (One job per layer
+  was slower: each of Adam's ops is a hand-over of the interpreter lock.)
 - ``later``: a whole step's gradients at other weights, computed on the helper a block at
   a time between its urgent jobs. A meta-batch's tasks all start from the meta-weights, so
   their first steps' gradients need nothing from the tasks before them, even with Adam's
-  moments chained (``metatrain.algorithms``).
-
-Measured together on the chained Omniglot preset (2-core EPYC VM, meta-iterations timed in
-alternating rounds in one process, medians): 50.4 ms per meta-iteration without either,
-45.9 with ``later``, 47.0 with ``update``, 44.5 with both.
+  moments chained (``metatrain.engine.runners``).
 
 How: the calling thread runs the convolutional trunk forward with the same aten operations
-(and arguments) that autograd records for it, and the network's head (``Flatten``, ``Linear``,
-the loss) by hand as above, or under autograd if it is anything else. Backward, it carries
+(and arguments) that autograd records for it, and the head as above. Backward, it carries
 the gradient down through ReLU, max-pool and batch norm and each convolution's input
 gradient, handing each convolution's weight and bias gradients to the helper as soon as their
-output gradient is known. The first convolution has
-no input gradient to compute, so the calling thread does its weights while the helper finishes.
-Every gradient comes from the very kernel call autograd would make, hence the same bits
-(tested against ``torch.autograd.grad`` for the Omniglot and Mini-ImageNet nets).
+output gradient is known. The first convolution has no input gradient to compute, so the
+calling thread does its weights while the helper finishes. Every gradient comes from the very
+kernel call autograd would make, hence the same bits.
 
 The helper is a daemon thread on one torch thread, idle on a queue between steps; it stops
 when its ``ThreadedBackward`` is closed or collected. Supported trunks: blocks of
@@ -67,49 +54,13 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ManualBackward", "Pending", "ThreadedBackward", "Update", "summed_cross_entropy"]
+from ..losses import Loss
+
+__all__ = ["ManualBackward", "Pending", "ThreadedBackward", "Update"]
 
 _aten = torch.ops.aten
-
-Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-_SUM = 2  # torch's enum for reduction="sum"
-
-
-def summed_cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The paper's inner loss: cross-entropy summed over the batch (TensorFlow differentiates
-    the vector of per-example losses, i.e. their sum). Given as ``loss`` to
-    ``ThreadedBackward``, it lets a ``Flatten``-``Linear`` head run without autograd."""
-    return F.cross_entropy(out, y, reduction="sum")
-
-
-def _linear_cross_entropy(
-    h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(output, loss, gradient for ``h``, for ``weight``, for ``bias``) of
-    ``summed_cross_entropy(Linear(Flatten(h)), y)``, with the kernel calls autograd makes for
-    it (``linear`` is ``addmm`` with the transposed weight; ``AddmmBackward0`` computes a
-    column-major operand's gradient as ``grad.t().mm(mat1)``), so the same bits at about
-    half autograd's cost: its graph, engine and the modules' calls took 120-140 us of a
-    1.7 ms Omniglot step, mostly on the thread that waits for them."""
-    flat = h.flatten(1)
-    out = torch.addmm(bias, flat, weight.t())
-    log_p = torch._log_softmax(out, 1, False)
-    loss, total_weight = _aten.nll_loss_forward.default(log_p, y, None, _SUM, -100)
-    grad_log_p = _aten.nll_loss_backward.default(
-        torch.ones_like(loss), log_p, y, None, _SUM, -100, total_weight
-    )
-    grad_out = torch._log_softmax_backward_data(grad_log_p, log_p, 1, log_p.dtype)
-    return (
-        out,
-        loss,
-        grad_out.mm(weight).view(h.shape),
-        grad_out.t().mm(flat),
-        grad_out.sum(0),
-    )
 
 
 # ``update(first, last, grads)``: the optimizer's step for ``params[first:last]``.
@@ -129,7 +80,10 @@ class _Block:
 
     @classmethod
     def of(cls, conv: nn.Conv2d, norm: nn.BatchNorm2d, pool: nn.MaxPool2d | None) -> _Block:
-        conv_args = (_pair(conv.stride), _pair(conv.padding), _pair(conv.dilation))
+        padding = conv.padding
+        if isinstance(padding, str):  # refused by _conv_ok
+            raise ValueError(f"padding {padding!r} is not supported")
+        conv_args = (_pair(conv.stride), _pair(padding), _pair(conv.dilation))
         pool_args = None
         if pool is not None:
             stride = pool.stride if pool.stride is not None else pool.kernel_size
@@ -305,14 +259,12 @@ def _stop(jobs: queue.SimpleQueue, thread: threading.Thread) -> None:
 
 class ManualBackward:
     """Loss, output and gradients of ``model`` on a batch, on the calling thread, from the
-    kernel calls autograd would make (so its bits) without autograd's graph and engine: one
-    Omniglot step (forward, backward, batch 10, one thread) takes 1.77 ms against autograd's
-    2.01 ms (see the module's docstring).
+    kernel calls autograd would make (so its bits) without autograd's graph and engine.
 
     ``params``: the tensors to return gradients for, in this order (all of the model's
-    parameters that require grad). ``loss``: ``loss(output, target)``, differentiated by
-    autograd together with the head, unless it is ``summed_cross_entropy`` and the head a
-    ``Flatten`` and a ``Linear`` (then by hand too).
+    parameters that require grad). ``loss``: differentiated by autograd together with the
+    head, unless it declares a by-hand linear head (``Loss.has_linear_head``) and the head is
+    a ``Flatten`` and a ``Linear`` (then by hand too, with ``loss.linear_head``).
     """
 
     @staticmethod
@@ -345,9 +297,20 @@ class ManualBackward:
             )
             for b in self.blocks
         ]
-        # (weight slot, bias slot) where the head and loss are ``_linear_cross_entropy``'s.
-        self._linear_head = _linear_head(self.head, slot) if loss is summed_cross_entropy else None
+        # (weight slot, bias slot) where the head and the loss run by hand (``loss.linear_head``).
+        self._linear_head = _linear_head(self.head, slot) if loss.has_linear_head else None
         self._unsettled = False  # (ThreadedBackward) updates still running on the helper
+        # (ThreadedBackward) the first block's params and all the others as two ranges of
+        # ``params``, for ``update``; a copy of the head for ``later``'s jobs.
+        self._ranges: tuple[tuple[int, int], tuple[int, int]] | None = None
+        self._spare_head = self.head
+
+    def settle(self) -> None:
+        """Nothing runs beside the calling thread here."""
+
+    def _hand_off(self, job: Callable[..., None], *args: object) -> None:
+        """On one thread: run ``job(*args)`` now."""
+        job(*args)
 
     def __call__(
         self, x: torch.Tensor, y: torch.Tensor
@@ -398,7 +361,7 @@ class ManualBackward:
 
         if self._linear_head is not None:
             weight_slot, bias_slot = self._linear_head
-            out, loss, grad, grads[weight_slot], grads[bias_slot] = _linear_cross_entropy(
+            out, loss, grad, grads[weight_slot], grads[bias_slot] = self.loss.linear_head(
                 h, y, weights[weight_slot], weights[bias_slot]
             )
         else:
@@ -437,12 +400,12 @@ class ManualBackward:
                     self._weight_grads, grads, grad, conv_in, block, weight, conv_w, conv_b
                 )
             if index > 0:
-                grad = _conv_backward(grad, conv_in, block, weight, True)[0]
+                grad = _input_grad(grad, conv_in, block, weight)
             if update is not None and self._ranges is not None and index <= 1:
                 # The weights of this block and those above are not read again in this step:
                 # update them, after their gradients (the helper runs its jobs in order).
                 if index == 0:
-                    update(*self._ranges[0], grads)  # type: ignore[arg-type]
+                    update(*self._ranges[0], grads)  # type: ignore[arg-type]  # all filled
                 else:
                     self._hand_off(update, *self._ranges[1], grads)
             yield
@@ -505,8 +468,9 @@ class ThreadedBackward(ManualBackward):
         # For ``update``: the first block's params, and all the others, as two ranges of
         # ``params``; None where they are not (the model's own order has them so).
         first = {s for s in self._block_slots[0] if s is not None}
-        ranges = (_range(sorted(first)), _range([s for s in range(self._count) if s not in first]))
-        self._ranges = None if None in ranges else ranges
+        head = _range(sorted(first))
+        rest = _range([s for s in range(self._count) if s not in first])
+        self._ranges = None if head is None or rest is None else (head, rest)
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._results: queue.SimpleQueue = queue.SimpleQueue()
         self._outstanding = 0  # jobs handed to the helper and not yet answered
@@ -538,7 +502,7 @@ class ThreadedBackward(ManualBackward):
         ``params``, as the model's own order has them)."""
         return self._ranges is not None
 
-    def __call__(  # type: ignore[override]
+    def __call__(
         self, x: torch.Tensor, y: torch.Tensor, update: Update | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """(output, loss, gradients in ``params`` order); output and loss are detached.
@@ -648,7 +612,8 @@ def _run(
         try:
             next(steps)
         except StopIteration as stop:
-            return stop.value
+            value: tuple[torch.Tensor, torch.Tensor] = stop.value
+            return value
 
 
 def _range(slots: list[int]) -> tuple[int, int] | None:
@@ -669,7 +634,8 @@ def _conv_backward(
     ``weight``): the input's alone, or the weight's and bias's."""
     conv = block.conv
     has_bias = conv.bias is not None
-    return _aten.convolution_backward(
+    grads: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]
+    grads = _aten.convolution_backward(
         grad,
         conv_in,
         weight,
@@ -680,3 +646,13 @@ def _conv_backward(
         1,
         [input_grad, not input_grad, has_bias and not input_grad],
     )
+    return grads
+
+
+def _input_grad(
+    grad: torch.Tensor, conv_in: torch.Tensor, block: _Block, weight: torch.Tensor
+) -> torch.Tensor:
+    """The gradient for the block's convolution input."""
+    input_grad = _conv_backward(grad, conv_in, block, weight, True)[0]
+    assert input_grad is not None
+    return input_grad

@@ -1,4 +1,5 @@
-"""Task workers (metatrain.parallel): the same numbers as the serial loop, and clean failures.
+"""Task workers (metatrain.engine.pool): the same numbers as the serial loop, clean failures,
+and how many a run starts (metatrain.engine.compute, metatrain.engine.device).
 
 Each test that starts a pool pays for two fresh interpreters importing torch (about 2 s), so
 the pools here are few and small.
@@ -16,17 +17,15 @@ import numpy as np
 import pytest
 import torch
 
-from metatrain import Config, evaluate, preset, train
-from metatrain.algorithms import Learner, make_algorithm
+from metatrain import Compute, Config, evaluate, preset, train
 from metatrain.checkpoint import load_checkpoint
+from metatrain.engine.compute import resolve_workers
+from metatrain.engine.device import cgroup_cpu_limit, usable_cores
+from metatrain.engine.learner import Learner
+from metatrain.engine.pool import TaskPool, TaskWorkerError
+from metatrain.engine.runners import PoolRunner
+from metatrain.engine.tasks import score_task, train_task
 from metatrain.models import build_model
-from metatrain.parallel import (
-    TaskPool,
-    TaskWorkerError,
-    cgroup_cpu_limit,
-    resolve_workers,
-    usable_cores,
-)
 from tests.metatrain.synthetic import synthetic_splits, tiny_config
 
 train_module = importlib.import_module("metatrain.train")
@@ -82,8 +81,8 @@ def test_training_with_two_workers_gives_bit_identical_weights_and_metrics(
     fake_data, tmp_path, changes
 ):
     cfg = tiny(**changes)
-    serial = train(cfg, tmp_path / "serial", device="cpu", workers=1)
-    parallel = train(cfg, tmp_path / "parallel", device="cpu", workers=2)
+    serial = train(cfg, tmp_path / "serial", compute=Compute(device="cpu", workers=1))
+    parallel = train(cfg, tmp_path / "parallel", compute=Compute(device="cpu", workers=2))
     assert serial.iterations_done == parallel.iterations_done == cfg.meta_iters
     a = load_checkpoint(tmp_path / "serial" / "checkpoint.pt")
     b = load_checkpoint(tmp_path / "parallel" / "checkpoint.pt")
@@ -104,9 +103,13 @@ def test_evaluation_with_workers_matches_the_serial_loop_task_for_task(
     fake_data, tmp_path, transductive
 ):
     cfg = tiny(keep_adam_state=True)
-    train(cfg.replace(meta_iters=2), tmp_path, device="cpu")  # a checkpoint with Adam state
-    serial = evaluate(tmp_path, tasks=9, transductive=transductive, device="cpu", workers=1)
-    parallel = evaluate(tmp_path, tasks=9, transductive=transductive, device="cpu", workers=3)
+    train(cfg.replace(meta_iters=2), tmp_path, compute=Compute(device="cpu"))  # with Adam state
+    serial = evaluate(
+        tmp_path, tasks=9, transductive=transductive, compute=Compute(device="cpu", workers=1)
+    )
+    parallel = evaluate(
+        tmp_path, tasks=9, transductive=transductive, compute=Compute(device="cpu", workers=3)
+    )
     assert serial.inner_optimizer_state == parallel.inner_optimizer_state == "training"
     assert (serial.accuracy, serial.ci95, serial.tasks) == (
         parallel.accuracy,
@@ -119,8 +122,8 @@ def test_sine_regression_runs_side_by_side_with_the_same_losses():
     cfg = preset("sine", meta_iters=3, final_eval_tasks=4)
     model = build_model(cfg, torch.Generator().manual_seed(0))
     # One task at a time (stacked, the default for this MLP, would leave the workers unused).
-    serial = evaluate(model, cfg, device="cpu", workers=1, stack_tasks=False)
-    parallel = evaluate(model, cfg, device="cpu", workers=2, stack_tasks=False)
+    serial = evaluate(model, cfg, compute=Compute(device="cpu", workers=1, stack_tasks=False))
+    parallel = evaluate(model, cfg, compute=Compute(device="cpu", workers=2, stack_tasks=False))
     assert serial.loss_before == parallel.loss_before
     assert serial.loss_after == parallel.loss_after and serial.ci95 == parallel.ci95
 
@@ -137,18 +140,20 @@ def test_a_stop_request_during_parallel_evaluation_keeps_the_finished_tasks(fake
 
     cfg = tiny()
     model = build_model(cfg, torch.Generator().manual_seed(0))
-    result = evaluate(model, cfg, tasks=50, reporter=StopAfter(), device="cpu", workers=2)
+    result = evaluate(
+        model, cfg, tasks=50, reporter=StopAfter(), compute=Compute(device="cpu", workers=2)
+    )
     assert result.stopped and result.tasks == 4
-    serial = evaluate(model, cfg, tasks=4, device="cpu", workers=1)
+    serial = evaluate(model, cfg, tasks=4, compute=Compute(device="cpu", workers=1))
     assert result.accuracy == serial.accuracy
 
 
 def test_chained_adam_state_refuses_to_train_tasks_side_by_side():
     cfg = tiny(keep_adam_state=True)
     learner = Learner.from_config(build_model(cfg), cfg)
-    algorithm = make_algorithm(learner, cfg)
+    runner = PoolRunner(pool=None, learner=learner)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="cannot run side by side"):
-        algorithm.step(lambda: None, 1.0, np.random.default_rng(0), pool=object())
+        runner.train([], learner.copy_params())
 
 
 def test_a_failing_or_dead_worker_is_reported_not_waited_for():
@@ -158,7 +163,7 @@ def test_a_failing_or_dead_worker_is_reported_not_waited_for():
         assert pool.workers == 2
         bad_task = (torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long))  # two tensors
         with pytest.raises(TaskWorkerError, match="failed on job 0"):
-            list(pool.evaluate_tasks([(bad_task, np.zeros((1, 2), dtype=np.int64))], True))
+            list(pool.run(score_task, [(bad_task, np.zeros((1, 2), dtype=np.int64), True)]))
     with TaskPool(model, cfg, 2) as pool:
         for proc in pool._procs:
             os.kill(proc.pid, signal.SIGKILL)
@@ -172,7 +177,7 @@ def test_a_failing_or_dead_worker_is_reported_not_waited_for():
         y = torch.arange(3)
         task = (x, y, x, y)
         with pytest.raises(TaskWorkerError, match="exited unexpectedly"):
-            list(pool.evaluate_tasks([(task, np.zeros((1, 3), dtype=np.int64))], True))
+            list(pool.run(score_task, [(task, np.zeros((1, 3), dtype=np.int64), True)]))
 
 
 def test_worker_count_resolution():
@@ -230,14 +235,14 @@ def test_the_cgroup_cpu_quota_is_read_in_cores(tmp_path, membership, files, expe
 
 
 def test_a_container_quota_caps_the_task_workers_auto_starts(monkeypatch):
-    import metatrain.parallel as parallel
+    import metatrain.engine.device as device
 
-    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: set(range(64)))
-    monkeypatch.setattr(parallel, "cgroup_cpu_limit", lambda: 2.5)
+    monkeypatch.setattr(device.os, "sched_getaffinity", lambda pid: set(range(64)))
+    monkeypatch.setattr(device, "cgroup_cpu_limit", lambda: 2.5)
     assert usable_cores() == 2 and resolve_workers("auto", CPU) == 2
-    monkeypatch.setattr(parallel, "cgroup_cpu_limit", lambda: 0.5)
+    monkeypatch.setattr(device, "cgroup_cpu_limit", lambda: 0.5)
     assert usable_cores() == 1  # a fraction of a core still runs one
-    monkeypatch.setattr(parallel, "cgroup_cpu_limit", lambda: None)
+    monkeypatch.setattr(device, "cgroup_cpu_limit", lambda: None)
     assert usable_cores() == 64
 
 
@@ -257,19 +262,19 @@ def test_the_parent_runs_on_one_thread_while_its_workers_compute(fake_data):
     def jobs(n: int):
         for _ in range(n):
             threads_while_drawing.append(torch.get_num_threads())
-            yield sampler.sample(), order
+            yield sampler.sample(), order, True
 
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         with TaskPool(model, cfg, 2) as pool:
             pool.set_weights([p.detach() for p in model.parameters()])
-            scores = list(pool.evaluate_tasks(jobs(3), True))
+            scores = list(pool.run(score_task, jobs(3)))
             assert len(scores) == 3 and threads_while_drawing == [1, 1, 1]
             assert torch.get_num_threads() == 2
             bad_task = (torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long))
             with pytest.raises(TaskWorkerError):
-                list(pool.evaluate_tasks([(bad_task, np.zeros((1, 2), dtype=np.int64))], True))
+                list(pool.run(score_task, [(bad_task, np.zeros((1, 2), dtype=np.int64), True)]))
             assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
@@ -298,9 +303,8 @@ def test_workers_keep_freed_memory_instead_of_faulting_it_back_in(monkeypatch):
             assert b"MALLOC_MMAP_THRESHOLD_=33554432" in env
             assert b"MALLOC_TRIM_THRESHOLD_=999999999" in env
         pool.set_weights([p.detach() for p in model.parameters()])
-        like = [p.detach() for p in model.parameters()]
-        list(pool.train_tasks([(task, order)] * 4, like))  # warm-up: the heap grows once
+        list(pool.run(train_task, [(task, order)] * 4))  # warm-up: the heap grows once
         before = sum(_minor_faults(p.pid) for p in pool._procs)
-        list(pool.train_tasks([(task, order)] * 10, like))
+        list(pool.run(train_task, [(task, order)] * 10))
         faults = sum(_minor_faults(p.pid) for p in pool._procs) - before
     assert faults / 10 < 200, f"{faults / 10:.0f} page faults per task"

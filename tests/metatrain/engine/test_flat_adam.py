@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metatrain.algorithms import Learner
+from metatrain import Compute
 from metatrain.config import preset
-from metatrain.flat_adam import FlatAdam
+from metatrain.engine.flat_adam import FlatAdam
+from metatrain.engine.learner import Learner
 from metatrain.models import build_model
 
 
@@ -176,12 +177,13 @@ def test_sgd_and_other_optimizers_are_not_flat_adam():
     assert not FlatAdam.applies_to(torch.optim.AdamW(odd_net().parameters()))
 
 
-def test_the_learner_uses_flat_adam_on_the_cpu_with_torchs_result():
+def test_the_learner_uses_flat_adam_on_the_cpu_with_torchs_result(monkeypatch):
     config = preset("omniglot-5way-1shot")
     flat_learner = Learner.from_config(conv_net(), config)
-    torch_learner = Learner.from_config(conv_net(), config)
-    assert flat_learner.flat_adam is not None
-    torch_learner.flat_adam = None
+    with monkeypatch.context() as m:  # the update is chosen when the learner is built
+        m.setattr(FlatAdam, "applies_to", staticmethod(lambda optimizer: False))
+        torch_learner = Learner.from_config(conv_net(), config)
+    assert flat_learner.flat_adam is not None and torch_learner.flat_adam is None
     for i, (x, y) in enumerate(batches(flat_learner.model, 8)):
         if i == 4:  # a new task: fresh moments unless kept
             flat_learner.reset_optimizer_state()
@@ -226,10 +228,10 @@ def test_a_training_run_with_flat_adam_is_the_run_with_torchs_adam(monkeypatch, 
     for module in ("metatrain.train", "metatrain.evaluate"):  # the modules, not the functions
         monkeypatch.setattr(importlib.import_module(module), "load_class_splits", lambda c: splits)
     config = tiny_config(meta_iters=8, **changes)
-    flat = train(config, tmp_path / "flat", device="cpu")
+    flat = train(config, tmp_path / "flat", compute=Compute(device="cpu"))
     with monkeypatch.context() as m:
         m.setattr(FlatAdam, "applies_to", staticmethod(lambda optimizer: False))
-        plain = train(config, tmp_path / "torch", device="cpu")
+        plain = train(config, tmp_path / "torch", compute=Compute(device="cpu"))
     assert flat.iterations_done == plain.iterations_done == 8
     a = load_checkpoint(tmp_path / "flat" / "checkpoint.pt")
     b = load_checkpoint(tmp_path / "torch" / "checkpoint.pt")

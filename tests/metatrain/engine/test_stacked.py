@@ -1,5 +1,5 @@
-"""metatrain.stacked: many regression tasks adapted at once give each task what the one-task
-loop gives it (up to rounding), whatever the number of tasks stacked."""
+"""metatrain.engine.stacked: many regression tasks adapted at once give each task what the
+one-task loop gives it (up to rounding), whatever the number of tasks stacked."""
 
 from __future__ import annotations
 
@@ -9,18 +9,20 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from metatrain import Reporter, evaluate, preset, train
-from metatrain.algorithms import Learner, make_algorithm
+from metatrain import Compute, Reporter, evaluate, preset, train
 from metatrain.data import SineTaskSampler, batch_order
-from metatrain.evaluate import evaluate_task
-from metatrain.models import build_model
-from metatrain.parallel import useful_workers
-from metatrain.stacked import (
+from metatrain.engine.compute import useful_workers
+from metatrain.engine.learner import Learner
+from metatrain.engine.meta_step import MetaStep
+from metatrain.engine.runners import SerialRunner, StackedRunner
+from metatrain.engine.stacked import (
     evaluate_regression_tasks,
     stackable,
     stacked_adapt,
     stacked_forward,
 )
+from metatrain.engine.tasks import TaskContext, score_task
+from metatrain.models import build_model
 from tests.metatrain.synthetic import tiny_config
 
 
@@ -76,7 +78,7 @@ def test_stacked_sgd_gives_each_task_the_weights_the_one_task_loop_gives():
     stacked = stacked_adapt(model, theta, xs, ys, np.stack(orders), lr=0.005)
     for t, (task, order) in enumerate(zip(tasks, orders, strict=True)):
         learner.load_params(theta)
-        learner.adapt_order(task.support_x, task.support_y, order)
+        learner.adapt(task.support_x, task.support_y, order)
         for mine, stack in zip(learner.params, stacked, strict=True):
             torch.testing.assert_close(stack[t], mine.detach(), rtol=1e-5, atol=1e-6)
         assert not torch.equal(learner.params[0].detach(), theta[0])  # it did move
@@ -102,8 +104,8 @@ def test_with_a_fixed_stack_size_a_tasks_numbers_do_not_depend_on_its_neighbours
 def test_evaluation_losses_match_the_one_task_loop():
     cfg = preset("sine", inner_lr=0.005, final_eval_tasks=30)
     model = build_model(cfg, torch.Generator().manual_seed(2))
-    stacked = evaluate(model, cfg, device="cpu")
-    one_by_one = evaluate(model, cfg, device="cpu", stack_tasks=False)
+    stacked = evaluate(model, cfg, compute=Compute(device="cpu"))
+    one_by_one = evaluate(model, cfg, compute=Compute(device="cpu", stack_tasks=False))
     assert stacked.tasks == one_by_one.tasks == 30
     assert stacked.loss_before == pytest.approx(one_by_one.loss_before, rel=1e-6)
     assert stacked.loss_after == pytest.approx(one_by_one.loss_after, rel=1e-5)
@@ -118,7 +120,7 @@ def test_the_per_task_helper_agrees_with_the_stacked_one_on_a_single_task():
     theta = learner.copy_params()
     tasks, orders = _sine_tasks(1)
     after, before = evaluate_regression_tasks(model, theta, tasks, orders, 0.005, pad_to=8)
-    one_after, one_before = evaluate_task(learner, cfg, tasks[0], orders[0], True)
+    one_after, one_before = score_task(TaskContext(learner, cfg), tasks[0], orders[0], True)
     assert after.shape == before.shape == (1,)
     assert float(after[0]) == pytest.approx(float(one_after), rel=1e-5)
     assert float(before[0]) == pytest.approx(float(one_before), rel=1e-6)
@@ -134,9 +136,9 @@ def test_a_stop_request_keeps_the_tasks_finished_with_their_own_numbers():
 
     cfg = preset("sine", final_eval_tasks=250)
     model = build_model(cfg, torch.Generator().manual_seed(0))
-    stopped = evaluate(model, cfg, device="cpu", reporter=StopAfter())
+    stopped = evaluate(model, cfg, compute=Compute(device="cpu"), reporter=StopAfter())
     assert stopped.stopped and stopped.tasks == 7
-    seven = evaluate(model, cfg, tasks=7, device="cpu")
+    seven = evaluate(model, cfg, tasks=7, compute=Compute(device="cpu"))
     assert (stopped.loss_after, stopped.loss_before) == (seven.loss_after, seven.loss_before)
 
 
@@ -144,7 +146,7 @@ def test_the_evaluation_leaves_the_weights_as_they_were():
     cfg = preset("sine", final_eval_tasks=5)
     model = build_model(cfg, torch.Generator().manual_seed(0))
     before = [p.detach().clone() for p in model.parameters()]
-    evaluate(model, cfg, device="cpu")
+    evaluate(model, cfg, compute=Compute(device="cpu"))
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
@@ -171,8 +173,10 @@ def test_a_stacked_meta_step_is_the_one_task_loops_step(algorithm):
     for stack in (True, False):
         model = build_model(cfg, torch.Generator().manual_seed(4))
         learner = Learner.from_config(model, cfg)
-        algorithm_ = make_algorithm(learner, cfg, stack_tasks=stack)
-        assert algorithm_.stacked is stack
+        runner = StackedRunner(learner, cfg) if stack else SerialRunner(learner, cfg)
+        plan = Compute(device="cpu", stack_tasks=stack).plan_training(cfg, model)
+        assert plan.training == ("stacked" if stack else "serial")
+        algorithm_ = MetaStep(learner, cfg, runner)
         rng = np.random.default_rng(7)
         sampler = SineTaskSampler(rng, cfg.train_shots + (5 if algorithm == "fomaml" else 0))
         k = cfg.train_shots
@@ -181,7 +185,7 @@ def test_a_stacked_meta_step_is_the_one_task_loops_step(algorithm):
             t = sampler.sample()
             return t.support_x[:k], t.support_y[:k], t.support_x[k:], t.support_y[k:]
 
-        metrics = [algorithm_.step(sample, 0.5, rng) for _ in range(3)]
+        metrics = [algorithm_(sample, 0.5, rng) for _ in range(3)]
         results[stack] = ([p.detach().clone() for p in model.parameters()], metrics, rng.random())
     (stacked, stacked_metrics, stacked_draw), (loop, loop_metrics, loop_draw) = (
         results[True],
@@ -216,10 +220,11 @@ def test_a_stacked_sine_run_is_reproducible_and_resumes_exactly(tmp_path):
         def should_stop(self) -> bool:
             return self.iterations >= 5
 
-    train(cfg, tmp_path / "a", device="cpu")
-    train(cfg, tmp_path / "b", device="cpu")
-    assert train(cfg, tmp_path / "c", device="cpu", reporter=StopAfter()).stopped
-    train(cfg, tmp_path / "c", device="cpu")
+    cpu = Compute(device="cpu")
+    train(cfg, tmp_path / "a", compute=cpu)
+    train(cfg, tmp_path / "b", compute=cpu)
+    assert train(cfg, tmp_path / "c", compute=cpu, reporter=StopAfter()).stopped
+    train(cfg, tmp_path / "c", compute=cpu)
     weights = [load_file(str(tmp_path / n / "initialization.safetensors")) for n in "abc"]
     for other in weights[1:]:
         assert weights[0].keys() == other.keys()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -411,9 +412,13 @@ GPU_HOST_ENV = {
 def compose_config(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     env_file = tmp_path / "env"
     env_file.write_text("".join(f"{key}={value}\n" for key, value in env.items()))
+    # Only what compose itself needs from this process's environment: compose lets the shell's
+    # variables win over the env file, and a test run has DATABASE_URL and others set.
+    clean = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "DOCKER_CONFIG"}}
     return subprocess.run(
         [*COMPOSE, "--env-file", str(env_file), *args, "config", "--format", "json"],
         cwd=ROOT,
+        env=clean,
         capture_output=True,
         text=True,
         timeout=60,

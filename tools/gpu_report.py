@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""What one short session on a lent GPU should measure, in one command (a tool, not the product).
+"""What a short run on a GPU machine should measure, in one command (a tool, not the product).
 
     python3 tools/gpu_report.py --out DIR --budget-seconds 480 [--device cuda]
         [--presets omniglot-5way-1shot,omniglot-5way-5shot,...] [--skip bench,graphs]

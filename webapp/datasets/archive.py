@@ -10,19 +10,17 @@ is always complete, and two processes fetching at once both end with the same fo
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
 import shutil
-import tempfile
 import uuid
 import zipfile
 from pathlib import Path
 
 from django.conf import settings
-from django.core.files import File
-from django.core.files.storage import default_storage
+
+from webapp import storage as storage_files
 
 from .models import UserDataset, dataset_folder
 
@@ -63,11 +61,7 @@ def archive_name(dataset_id: int, content_hash: str) -> str:
 
 def store(dataset_id: int, packed: Path, content_hash: str) -> str:
     """Upload a packed archive; returns the name the storage used."""
-    name = archive_name(dataset_id, content_hash)
-    if default_storage.exists(name):
-        default_storage.delete(name)  # an earlier attempt's copy of the same content
-    with open(packed, "rb") as fh:
-        return default_storage.save(name, File(fh, name=os.path.basename(name)))
+    return storage_files.upload(packed, archive_name(dataset_id, content_hash))
 
 
 def cache_folder(content_hash: str) -> Path:
@@ -110,18 +104,16 @@ def local_folder(dataset: UserDataset) -> Path:
 def _fetch(dataset: UserDataset, folder: Path) -> Path:
     root = folder.parent
     root.mkdir(parents=True, exist_ok=True)
-    fd, download = tempfile.mkstemp(prefix=f".{folder.name}.", suffix=".zip", dir=root)
+    download = root / f".{folder.name}.{uuid.uuid4().hex[:12]}.zip"
     tmp = root / f".{folder.name}.tmp-{uuid.uuid4().hex[:12]}"
     try:
         try:
-            with os.fdopen(fd, "wb") as out, default_storage.open(dataset.archive.name) as src:
-                while chunk := src.read(_CHUNK):
-                    out.write(chunk)
+            storage_files.download(dataset.archive.name, download)
         except FileNotFoundError:
             raise DatasetUnavailable(
                 f"dataset '{dataset.name}' (#{dataset.pk}): its archive is missing from storage"
             ) from None
-        actual = file_sha256(Path(download))
+        actual = file_sha256(download)
         if actual != dataset.content_hash:
             raise DatasetUnavailable(
                 f"dataset '{dataset.name}' (#{dataset.pk}): the stored archive's sha256 is "
@@ -129,12 +121,11 @@ def _fetch(dataset: UserDataset, folder: Path) -> Path:
                 "or damaged in storage"
             )
         tmp.mkdir()
-        _extract(Path(download), tmp)
+        _extract(download, tmp)
         logger.info("dataset %s fetched into %s", dataset.pk, folder)
         return adopt(tmp, dataset.content_hash)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(download)
+        download.unlink(missing_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -19,23 +19,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from django.conf import settings
-from django.core.files import File
 from django.core.files.storage import Storage, default_storage
+
+from webapp import storage as storage_files
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"  # metatrain's name inside a run folder
 _ATTEMPT_DIR = re.compile(r"^attempt-(\d+)$")
 _CHECKPOINT_NAME = re.compile(r"^attempt-(\d+)-iter-(\d+)\.pt$")
-_COPY_CHUNK = 1024 * 1024
 
 
 # ------------------------------------------------------------------------------------------
@@ -68,33 +66,9 @@ def legacy_run_dir(run_id: int) -> Path:
 # ------------------------------------------------------------------------------------------
 # Upload and download
 # ------------------------------------------------------------------------------------------
-def upload(source: Path, name: str, storage: Storage | None = None) -> str:
-    """Store the file `source` under `name` (replacing a leftover of the same name, which can
-    only be this attempt's own earlier try); returns the name the storage used."""
-    storage = storage or default_storage
-    if storage.exists(name):
-        storage.delete(name)
-    with open(source, "rb") as fh:
-        return storage.save(name, File(fh, name=os.path.basename(name)))
-
-
-def download(name: str, dest: Path, storage: Storage | None = None) -> Path:
-    """Copy a stored file to `dest` atomically (a temporary file renamed into place)."""
-    storage = storage or default_storage
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, storage.open(name, "rb") as src:
-            while chunk := src.read(_COPY_CHUNK):
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return dest
+# Moving whole files between this host and the storage.
+upload = storage_files.upload
+download = storage_files.download
 
 
 def delete(name: str, storage: Storage | None = None) -> None:

@@ -107,7 +107,7 @@ def _train_claimed(run: Run, attempt: int, hostname: str) -> str:
         device = workers.training_device()
         if device == "cpu" and settings.WORKER_TORCH_THREADS:
             # Small batches: two intra-op threads collapse when another process shares the
-            # cores (measured 10x slower here); scale with more worker processes instead.
+            # cores; scale with more worker processes instead.
             torch.set_num_threads(settings.WORKER_TORCH_THREADS)
         config = local_config(run)
         compute = metatrain.Compute(device=device, workers=settings.WORKER_TASK_WORKERS)

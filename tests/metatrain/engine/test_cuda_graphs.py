@@ -2,7 +2,7 @@
 need.
 
 The graph tests need a CUDA device (marked ``gpu``, skipped without one: CI has none; they
-were run on a lent H200, see the README). The state-handling tests run anywhere.
+were run on an H200; figures in docs/benchmarks.md). The state-handling tests run anywhere.
 """
 
 from __future__ import annotations

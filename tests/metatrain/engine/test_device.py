@@ -2,7 +2,7 @@
 
 PyTorch's precision flags can be set and read without a GPU, so the context manager's logic is
 tested everywhere; the tests marked ``gpu`` check on a real device that the flags take effect
-and that ``train()`` runs under them (they were run on a lent H100, see the README).
+and that ``train()`` runs under them (run on an H100; figures in docs/benchmarks.md).
 """
 
 from __future__ import annotations

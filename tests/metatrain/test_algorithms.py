@@ -11,47 +11,8 @@ from torch import nn
 from metatrain import Config, ConfigError
 from metatrain.algorithms import ALGORITHMS, FOMAML, Reptile, algorithm_of, meta_step_size
 from metatrain.engine.learner import Learner
-from metatrain.engine.meta_step import MetaStep
-from metatrain.engine.runners import SerialRunner
 from metatrain.losses import MSE, SUMMED_CROSS_ENTROPY
-
-LR = 0.05
-
-
-def _linear(w: float, b: float) -> nn.Linear:
-    model = nn.Linear(1, 1)
-    with torch.no_grad():
-        model.weight.fill_(w)
-        model.bias.fill_(b)
-    return model
-
-
-def _params(model: nn.Linear) -> tuple[float, float]:
-    return model.weight.item(), model.bias.item()
-
-
-def _config(**changes) -> Config:
-    base = {
-        "dataset": "sine",
-        "model": "sine_mlp",
-        "inner_optimizer": "sgd",
-        "inner_lr": LR,
-        "inner_batch": 4,  # = the task size: every mini-batch is the whole (shuffled) task
-        "inner_iters": 3,
-        "train_shots": 4,
-        "fomaml_tail_shots": 3,
-        "meta_batch": 1,
-    }
-    return Config.from_dict({**base, **changes})
-
-
-def _task(seed: int) -> tuple[torch.Tensor, ...]:
-    g = np.random.default_rng(seed)
-    x = g.uniform(-2, 2, size=(4, 1))
-    y = 1.5 * x - 0.3 + g.normal(0, 0.1, size=(4, 1))
-    tx = g.uniform(-2, 2, size=(3, 1))
-    ty = -0.5 * tx + 0.7
-    return tuple(torch.tensor(a, dtype=torch.float32) for a in (x, y, tx, ty))
+from tests.metatrain import linear_tasks as lt
 
 
 def _sgd(w: float, b: float, x: np.ndarray, y: np.ndarray, steps: int) -> tuple[float, float]:
@@ -59,22 +20,8 @@ def _sgd(w: float, b: float, x: np.ndarray, y: np.ndarray, steps: int) -> tuple[
     x, y = x.astype(np.float64).ravel(), y.astype(np.float64).ravel()
     for _ in range(steps):
         r = w * x + b - y
-        w, b = w - LR * 2 * np.mean(r * x), b - LR * 2 * np.mean(r)
+        w, b = w - lt.LR * 2 * np.mean(r * x), b - lt.LR * 2 * np.mean(r)
     return w, b
-
-
-def _sampler(tasks):
-    it = iter(tasks)
-    return lambda: next(it)
-
-
-def _regression_learner(w: float, b: float, optimizer: str = "sgd", **kw) -> Learner:
-    return Learner(_linear(w, b), loss=MSE, optimizer=optimizer, lr=LR, **kw)
-
-
-def _meta_step(learner: Learner, config: Config) -> MetaStep:
-    """The meta-step of ``config.algorithm`` with tasks one at a time on ``learner``."""
-    return MetaStep(learner, config, SerialRunner(learner, config))
 
 
 # --- schedule ---------------------------------------------------------------------------
@@ -93,41 +40,43 @@ def test_meta_step_size_anneals_linearly_as_the_papers_code():
 @pytest.mark.parametrize("eps", [1.0, 0.3])
 def test_reptile_one_task_moves_towards_the_adapted_weights(eps):
     w0, b0 = 0.2, -0.1
-    task = _task(1)
-    learner = _regression_learner(w0, b0)
-    _meta_step(learner, _config(meta_batch=1))(_sampler([task]), eps, np.random.default_rng(0))
+    task = lt.task(1)
+    learner = lt.regression_learner(w0, b0)
+    lt.meta_step(learner, lt.config(meta_batch=1))(
+        lt.sampler([task]), eps, np.random.default_rng(0)
+    )
     pw, pb = _sgd(w0, b0, task[0].numpy(), task[1].numpy(), 3)
     expected = (w0 + eps * (pw - w0), b0 + eps * (pb - b0))
-    assert _params(learner.model) == pytest.approx(expected, abs=1e-6)
+    assert lt.params(learner.model) == pytest.approx(expected, abs=1e-6)
 
 
 def test_reptile_two_tasks_average_the_adapted_weights():
     w0, b0, eps = 0.2, -0.1, 0.6
-    tasks = [_task(1), _task(2)]
-    learner = _regression_learner(w0, b0)
-    step = _meta_step(learner, _config(meta_batch=2))
-    metrics = step(_sampler(tasks), eps, np.random.default_rng(0))
+    tasks = [lt.task(1), lt.task(2)]
+    learner = lt.regression_learner(w0, b0)
+    step = lt.meta_step(learner, lt.config(meta_batch=2))
+    metrics = step(lt.sampler(tasks), eps, np.random.default_rng(0))
     phis = [_sgd(w0, b0, t[0].numpy(), t[1].numpy(), 3) for t in tasks]
     mean_w = (phis[0][0] + phis[1][0]) / 2
     mean_b = (phis[0][1] + phis[1][1]) / 2
     expected = (w0 + eps * (mean_w - w0), b0 + eps * (mean_b - b0))
-    assert _params(learner.model) == pytest.approx(expected, abs=1e-6)
+    assert lt.params(learner.model) == pytest.approx(expected, abs=1e-6)
     assert set(metrics) == {"inner_loss"}  # regression: no accuracy
     assert metrics["inner_loss"] > 0
 
 
 def test_every_task_starts_from_the_meta_weights():
     w0, b0 = 0.2, -0.1
-    learner = _regression_learner(w0, b0)
+    learner = lt.regression_learner(w0, b0)
     seen = []
-    tasks = iter([_task(1), _task(2), _task(3)])
+    tasks = iter([lt.task(1), lt.task(2), lt.task(3)])
 
     def sample():
-        seen.append(_params(learner.model))
+        seen.append(lt.params(learner.model))
         return next(tasks)
 
     ticks = []
-    _meta_step(learner, _config(meta_batch=3))(
+    lt.meta_step(learner, lt.config(meta_batch=3))(
         sample, 1.0, np.random.default_rng(0), tick=lambda: ticks.append(1)
     )
     assert seen == [(pytest.approx(w0), pytest.approx(b0))] * 3
@@ -147,39 +96,39 @@ def _fomaml_update(w0: float, b0: float, task) -> tuple[float, float]:
 
 def test_fomaml_one_task_applies_the_last_steps_update():
     w0, b0, eps = 0.2, -0.1, 0.7
-    task = _task(4)
-    learner = _regression_learner(w0, b0)
-    _meta_step(learner, _config(algorithm="fomaml"))(
-        _sampler([task]), eps, np.random.default_rng(0)
+    task = lt.task(4)
+    learner = lt.regression_learner(w0, b0)
+    lt.meta_step(learner, lt.config(algorithm="fomaml"))(
+        lt.sampler([task]), eps, np.random.default_rng(0)
     )
     uw, ub = _fomaml_update(w0, b0, task)
-    assert _params(learner.model) == pytest.approx((w0 + eps * uw, b0 + eps * ub), abs=1e-6)
+    assert lt.params(learner.model) == pytest.approx((w0 + eps * uw, b0 + eps * ub), abs=1e-6)
 
 
 def test_fomaml_two_tasks_average_the_updates():
     w0, b0, eps = 0.2, -0.1, 0.7
-    tasks = [_task(4), _task(5)]
-    learner = _regression_learner(w0, b0)
-    config = _config(algorithm="fomaml", meta_batch=2)
+    tasks = [lt.task(4), lt.task(5)]
+    learner = lt.regression_learner(w0, b0)
+    config = lt.config(algorithm="fomaml", meta_batch=2)
     assert isinstance(algorithm_of(config), FOMAML)
-    _meta_step(learner, config)(_sampler(tasks), eps, np.random.default_rng(0))
+    lt.meta_step(learner, config)(lt.sampler(tasks), eps, np.random.default_rng(0))
     updates = [_fomaml_update(w0, b0, t) for t in tasks]
     expected = (
         w0 + eps * (updates[0][0] + updates[1][0]) / 2,
         b0 + eps * (updates[0][1] + updates[1][1]) / 2,
     )
-    assert _params(learner.model) == pytest.approx(expected, abs=1e-6)
+    assert lt.params(learner.model) == pytest.approx(expected, abs=1e-6)
 
 
 def test_fomaml_with_one_inner_iteration_uses_only_the_tail():
     w0, b0, eps = 0.2, -0.1, 1.0
-    task = _task(6)
-    learner = _regression_learner(w0, b0)
-    _meta_step(learner, _config(algorithm="fomaml", inner_iters=1))(
-        _sampler([task]), eps, np.random.default_rng(0)
+    task = lt.task(6)
+    learner = lt.regression_learner(w0, b0)
+    lt.meta_step(learner, lt.config(algorithm="fomaml", inner_iters=1))(
+        lt.sampler([task]), eps, np.random.default_rng(0)
     )
     expected = _sgd(w0, b0, task[2].numpy(), task[3].numpy(), 1)
-    assert _params(learner.model) == pytest.approx(expected, abs=1e-6)
+    assert lt.params(learner.model) == pytest.approx(expected, abs=1e-6)
 
 
 def test_reptile_reports_inner_accuracy_for_classification():
@@ -189,8 +138,8 @@ def test_reptile_reports_inner_accuracy_for_classification():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(6, 1, 2, 2, generator=g)
     y = torch.tensor([0, 0, 1, 1, 2, 2])
-    metrics = _meta_step(learner, cfg)(
-        _sampler([(x, y, x[:0], y[:0])] * 2), 1.0, np.random.default_rng(0)
+    metrics = lt.meta_step(learner, cfg)(
+        lt.sampler([(x, y, x[:0], y[:0])] * 2), 1.0, np.random.default_rng(0)
     )
     assert set(metrics) == {"inner_loss", "inner_accuracy"}
     assert 0.0 <= metrics["inner_accuracy"] <= 1.0

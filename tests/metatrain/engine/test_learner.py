@@ -12,61 +12,8 @@ from torch import nn
 
 from metatrain import Config
 from metatrain.engine.learner import Learner
-from metatrain.engine.meta_step import MetaStep
-from metatrain.engine.runners import SerialRunner
 from metatrain.losses import MSE, SUMMED_CROSS_ENTROPY
-
-LR = 0.05
-
-
-def _linear(w: float, b: float) -> nn.Linear:
-    model = nn.Linear(1, 1)
-    with torch.no_grad():
-        model.weight.fill_(w)
-        model.bias.fill_(b)
-    return model
-
-
-def _params(model: nn.Linear) -> tuple[float, float]:
-    return model.weight.item(), model.bias.item()
-
-
-def _config(**changes) -> Config:
-    base = {
-        "dataset": "sine",
-        "model": "sine_mlp",
-        "inner_optimizer": "sgd",
-        "inner_lr": LR,
-        "inner_batch": 4,
-        "inner_iters": 3,
-        "train_shots": 4,
-        "fomaml_tail_shots": 3,
-        "meta_batch": 1,
-    }
-    return Config.from_dict({**base, **changes})
-
-
-def _task(seed: int) -> tuple[torch.Tensor, ...]:
-    g = np.random.default_rng(seed)
-    x = g.uniform(-2, 2, size=(4, 1))
-    y = 1.5 * x - 0.3 + g.normal(0, 0.1, size=(4, 1))
-    tx = g.uniform(-2, 2, size=(3, 1))
-    ty = -0.5 * tx + 0.7
-    return tuple(torch.tensor(a, dtype=torch.float32) for a in (x, y, tx, ty))
-
-
-def _sampler(tasks):
-    it = iter(tasks)
-    return lambda: next(it)
-
-
-def _regression_learner(w: float, b: float, optimizer: str = "sgd", **kw) -> Learner:
-    return Learner(_linear(w, b), loss=MSE, optimizer=optimizer, lr=LR, **kw)
-
-
-def _meta_step(learner: Learner, config: Config) -> MetaStep:
-    return MetaStep(learner, config, SerialRunner(learner, config))
-
+from tests.metatrain import linear_tasks as lt
 
 # --- inner optimizer ---------------------------------------------------------------------
 
@@ -78,20 +25,20 @@ def test_classification_minimises_the_summed_cross_entropy():
     model = nn.Linear(3, 2)
     w0 = model.weight.detach().double().numpy().copy()
     b0 = model.bias.detach().double().numpy().copy()
-    learner = Learner(model, loss=SUMMED_CROSS_ENTROPY, optimizer="sgd", lr=LR)
+    learner = Learner(model, loss=SUMMED_CROSS_ENTROPY, optimizer="sgd", lr=lt.LR)
     learner.step(torch.from_numpy(x), torch.from_numpy(y))
     logits = x.astype(np.float64) @ w0.T + b0
     p = np.exp(logits - logits.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
     d = p - np.eye(2)[y]  # d(sum of CE)/d logits, not divided by the batch size
-    assert model.weight.detach().double().numpy() == pytest.approx(w0 - LR * d.T @ x, abs=1e-6)
-    assert model.bias.detach().double().numpy() == pytest.approx(b0 - LR * d.sum(0), abs=1e-6)
+    assert model.weight.detach().double().numpy() == pytest.approx(w0 - lt.LR * d.T @ x, abs=1e-6)
+    assert model.bias.detach().double().numpy() == pytest.approx(b0 - lt.LR * d.sum(0), abs=1e-6)
 
 
 def test_adam_has_beta1_zero_and_matches_the_hand_computed_update():
     w, b = 0.2, -0.1
-    x, y = _task(1)[:2]
-    learner = Learner(_linear(w, b), loss=MSE, optimizer="adam", lr=LR, beta2=0.9)
+    x, y = lt.task(1)[:2]
+    learner = Learner(lt.linear(w, b), loss=MSE, optimizer="adam", lr=lt.LR, beta2=0.9)
     assert learner.optimizer.param_groups[0]["betas"] == (0.0, 0.9)
     assert learner.optimizer.param_groups[0]["eps"] == 1e-8
     xs, ys = x.double().numpy().ravel(), y.double().numpy().ravel()
@@ -103,8 +50,8 @@ def test_adam_has_beta1_zero_and_matches_the_hand_computed_update():
         grad = np.array([2 * np.mean(r * xs), 2 * np.mean(r)])
         v = 0.9 * v + 0.1 * grad**2
         # beta1 = 0: the first moment is the gradient itself, no bias correction for it.
-        p = p - LR * grad / (np.sqrt(v / (1 - 0.9**t)) + 1e-8)
-        assert _params(learner.model) == pytest.approx(tuple(p), abs=1e-6)
+        p = p - lt.LR * grad / (np.sqrt(v / (1 - 0.9**t)) + 1e-8)
+        assert lt.params(learner.model) == pytest.approx(tuple(p), abs=1e-6)
 
 
 def _adam_steps(learner: Learner) -> float:
@@ -112,25 +59,25 @@ def _adam_steps(learner: Learner) -> float:
 
 
 def test_adam_state_persists_across_training_tasks_when_kept():
-    kept = _regression_learner(0.2, -0.1, optimizer="adam", keep_state=True)
-    fresh = _regression_learner(0.2, -0.1, optimizer="adam", keep_state=False)
-    cfg = _config(inner_optimizer="adam", meta_batch=2, inner_iters=3)
-    tasks = [_task(1), _task(2)]
-    _meta_step(kept, cfg)(_sampler(tasks), 1.0, np.random.default_rng(0))
-    _meta_step(fresh, cfg)(_sampler(tasks), 1.0, np.random.default_rng(0))
+    kept = lt.regression_learner(0.2, -0.1, optimizer="adam", keep_state=True)
+    fresh = lt.regression_learner(0.2, -0.1, optimizer="adam", keep_state=False)
+    cfg = lt.config(inner_optimizer="adam", meta_batch=2, inner_iters=3)
+    tasks = [lt.task(1), lt.task(2)]
+    lt.meta_step(kept, cfg)(lt.sampler(tasks), 1.0, np.random.default_rng(0))
+    lt.meta_step(fresh, cfg)(lt.sampler(tasks), 1.0, np.random.default_rng(0))
     assert _adam_steps(kept) == 6  # both tasks' steps accumulated
     assert _adam_steps(fresh) == 3  # the last task's only: each task began from scratch
-    assert _params(kept.model) != pytest.approx(_params(fresh.model), abs=1e-7)
+    assert lt.params(kept.model) != pytest.approx(lt.params(fresh.model), abs=1e-7)
 
 
 def test_sgd_never_keeps_state():
-    learner = _regression_learner(0.2, -0.1, optimizer="sgd", keep_state=True)
+    learner = lt.regression_learner(0.2, -0.1, optimizer="sgd", keep_state=True)
     assert learner.keep_state is False
 
 
 def test_optimizer_snapshot_restores_exactly():
-    learner = _regression_learner(0.2, -0.1, optimizer="adam")
-    x, y = _task(1)[:2]
+    learner = lt.regression_learner(0.2, -0.1, optimizer="adam")
+    x, y = lt.task(1)[:2]
     learner.step(x, y)
     snap = learner.optimizer_snapshot()
     before = {k: v.clone() for k, v in learner.optimizer.state[learner.params[0]].items()}
@@ -220,8 +167,8 @@ def test_manual_and_threaded_steps_give_autograds_numbers(algorithm, inner_iters
         learner = Learner.from_config(model, config, step=kind)
         assert learner.step_kind == kind
         assert learner.computes_ahead is (kind == "helper_thread")
-        step = _meta_step(learner, config)
-        sample, rng = _sampler(tasks), np.random.default_rng(5)
+        step = lt.meta_step(learner, config)
+        sample, rng = lt.sampler(tasks), np.random.default_rng(5)
         try:
             metrics = [step(sample, 0.5, rng) for _ in range(3)]
         finally:
@@ -251,7 +198,7 @@ def test_a_meta_step_that_fails_part_way_leaves_the_helper_ready_for_the_next(mo
         model.to(memory_format=torch.channels_last), config, helper_thread=True
     )
     assert learner.step_kind == "helper_thread"
-    step = _meta_step(learner, config)
+    step = lt.meta_step(learner, config)
     real_step, steps = Learner._take_step, []
 
     def failing_step(self, *args, **kwargs):
@@ -262,7 +209,7 @@ def test_a_meta_step_that_fails_part_way_leaves_the_helper_ready_for_the_next(mo
 
     monkeypatch.setattr(Learner, "_take_step", failing_step)
     tasks = _image_tasks(config, 2 * config.meta_batch, seed=0)
-    sample, rng = _sampler(tasks), np.random.default_rng(5)
+    sample, rng = lt.sampler(tasks), np.random.default_rng(5)
     try:
         with pytest.raises(RuntimeError, match="inner step failed"):
             step(sample, 0.5, rng)

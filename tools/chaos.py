@@ -402,21 +402,14 @@ def _last_trained_iteration(run_dir: Path) -> int | None:
 def _stored_checkpoint(run) -> int | None:
     """The iteration of the checkpoint the run row points to in storage (what any host
     resumes from), read from the file itself; None without one."""
-    import tempfile as _tempfile
-
-    from django.core.files.storage import default_storage
-
     from metatrain.checkpoint import load_checkpoint
+    from webapp.storage import download
 
     if not run.checkpoint_file.name:
         return None
-    with (
-        default_storage.open(run.checkpoint_file.name) as src,
-        _tempfile.NamedTemporaryFile(suffix=".pt") as local,
-    ):
-        local.write(src.read())
-        local.flush()
-        return int(load_checkpoint(local.name)["iteration"])
+    with tempfile.TemporaryDirectory() as folder:
+        local = download(run.checkpoint_file.name, Path(folder) / "checkpoint.pt")
+        return int(load_checkpoint(local)["iteration"])
 
 
 def check_series(

@@ -114,7 +114,7 @@ def test_a_worker_woken_after_losing_its_run_writes_nothing(
     assert _snapshot(run) == before
     assert "lost its claim" in worker_a.log()
     # A wrote no checkpoint file either, not even into its own scratch folder.
-    a_folder = run_files_attempt_dir(tmp_path, run.pk, 1)
+    a_folder = run_files.attempt_dir(run.pk, 1)  # the workers share this process's RUNS_ROOT
     assert not a_folder.exists() or not any(
         p.name == "checkpoint.pt" and p.stat().st_mtime > time.time() - 10
         for p in a_folder.iterdir()
@@ -140,10 +140,6 @@ def _gone(pid: int) -> bool:
     except OSError:
         return True
     return stat[stat.rindex(")") + 2] == "Z"
-
-
-def run_files_attempt_dir(tmp_path, run_id: int, attempt: int):
-    return tmp_path / "runs" / str(run_id) / f"attempt-{attempt}"
 
 
 def test_a_run_whose_task_workers_hang_is_declared_stalled_and_resumed_on_a_fresh_process(

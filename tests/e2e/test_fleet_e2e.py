@@ -131,11 +131,7 @@ def test_a_run_lost_on_host_a_resumes_on_host_b_from_its_uploaded_checkpoint(
     assert sorted(run_files.stored_files(run.pk)) == sorted(
         [run.initialization.name, run.config_file.name]
     )
-    assert not run_files_dir(tmp_path, "host-b", run.pk).exists()
-
-
-def run_files_dir(tmp_path, host: str, run_id: int):
-    return tmp_path / host / "runs" / str(run_id) / "attempt-2"
+    assert not (tmp_path / "host-b" / "runs" / str(run.pk) / "attempt-2").exists()
 
 
 def test_a_dataset_uploaded_to_the_web_host_trains_on_a_worker_with_an_empty_cache(

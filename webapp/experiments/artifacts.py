@@ -17,13 +17,11 @@ from django.core.files.storage import default_storage
 from django.db.models.fields.files import FieldFile
 from django.http import FileResponse, Http404, HttpResponse, HttpResponseRedirect
 
-from metatrain.checkpoint import write_json_atomic
+from metatrain.checkpoint import CONFIG_FILE, INITIALIZATION_FILE, write_json_atomic
 
 from . import run_files
 from .models import Run
 
-INITIALIZATION_FILE = "initialization.safetensors"
-CONFIG_FILE = "config.json"
 # Run fields -> the file each one stores.
 ARTIFACTS = {"initialization": INITIALIZATION_FILE, "config_file": CONFIG_FILE}
 

@@ -17,7 +17,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from .models import Queue, Run, Worker
@@ -98,7 +98,11 @@ def dispatch_pending_runs(resend_after: timedelta | None = None) -> int:
     RUN_REDISPATCH_AFTER_SECONDS). Returns how many were sent."""
     now = timezone.now()
     served = served_queues(now)
-    pending = Run.objects.filter(status=Run.Status.QUEUED, cancel_requested=False)
+    # Every resend waits at least the base delay: the rest are not even read.
+    base = resend_delay(1, resend_after)
+    pending = Run.objects.filter(status=Run.Status.QUEUED, cancel_requested=False).filter(
+        Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=now - base)
+    )
     sent = 0
     # Oldest first, so the queue stays first come, first served after a resend.
     rows = pending.order_by("created_at", "pk").values_list(

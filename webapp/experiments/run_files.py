@@ -27,11 +27,11 @@ from pathlib import Path
 from django.conf import settings
 from django.core.files.storage import Storage, default_storage
 
+from metatrain.checkpoint import CHECKPOINT_FILE
 from webapp import storage as storage_files
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FILE = "checkpoint.pt"  # metatrain's name inside a run folder
 _ATTEMPT_DIR = re.compile(r"^attempt-(\d+)$")
 _CHECKPOINT_NAME = re.compile(r"^attempt-(\d+)-iter-(\d+)\.pt$")
 

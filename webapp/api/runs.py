@@ -122,10 +122,20 @@ def run_metrics(
         Query(ge=-INT32_MAX, le=INT32_MAX, description="only raw points after this step"),
     ] = None,
     max_points: Annotated[int, Query(ge=2, le=10_000)] = metrics_series.DEFAULT_MAX_POINTS,
+    from_step: Annotated[
+        int | None,
+        Query(ge=-INT32_MAX, le=INT32_MAX, description="only steps >= this (a zoomed window)"),
+    ] = None,
+    to_step: Annotated[
+        int | None,
+        Query(ge=-INT32_MAX, le=INT32_MAX, description="only steps <= this (a zoomed window)"),
+    ] = None,
 ):
     """Without `after_step`, each series is bucketed on the server to at most `max_points`
     points (min, max and last value per bucket; first and last point kept). With it, only the
-    raw points after that step (at most `max_points`): a live chart appends them."""
+    raw points after that step (at most `max_points`): a live chart appends them.
+    `from_step`/`to_step` restrict either form to a window of steps: a zoomed chart fetches its
+    range at full resolution (up to `max_points`)."""
     run = get_run_for_user(user_of(request), run_id)
     all_names = metrics_series.metric_names(run)
     wanted = None
@@ -134,7 +144,16 @@ def run_metrics(
         wanted = [n for n in wanted if n]
         if len(wanted) > MAX_NAMES or any(len(n) > 64 for n in wanted):
             raise FieldErrors([("names", f"At most {MAX_NAMES} names of 64 characters.")])
-    data = metrics_series.series(run, wanted, after_step=after_step, max_points=max_points)
+    if from_step is not None and to_step is not None and from_step > to_step:
+        raise FieldErrors([("to_step", "to_step must be at least from_step.")])
+    data = metrics_series.series(
+        run,
+        wanted,
+        after_step=after_step,
+        max_points=max_points,
+        from_step=from_step,
+        to_step=to_step,
+    )
     return {"run": run.pk, "names": all_names, "series": series_data(data)}
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 
 from django.db import connection
-from django.db.models import Count, F, IntegerField, Max, Min
+from django.db.models import Count, F, IntegerField, Max, Min, QuerySet
 from django.db.models.expressions import ExpressionWrapper
 
 from .models import MetricPoint, Run
@@ -72,7 +72,7 @@ def _raw(points: list[tuple[int, float]], *, downsampled: bool = False) -> dict:
     }
 
 
-def _bucketed(run: Run, name: str, first: int, last: int, max_points: int) -> dict:
+def _bucketed(points: QuerySet, name: str, first: int, last: int, max_points: int) -> dict:
     """Bucket one series into at most `max_points` points with two bounded queries.
 
     Buckets are equal step ranges of width `ceil(span / buckets)`, numbered from the first step.
@@ -81,7 +81,7 @@ def _bucketed(run: Run, name: str, first: int, last: int, max_points: int) -> di
     """
     buckets = max_points - 1  # one point is reserved for the first step
     width = max(1, math.ceil((last - first + 1) / buckets))
-    points = MetricPoint.objects.filter(run=run, name=name)
+    points = points.filter(name=name)
     grouped = (
         points.annotate(
             bucket=ExpressionWrapper((F("step") - first) / width, output_field=IntegerField())
@@ -118,6 +118,8 @@ def series(
     names: list[str] | None = None,
     after_step: int | None = None,
     max_points: int = DEFAULT_MAX_POINTS,
+    from_step: int | None = None,
+    to_step: int | None = None,
 ) -> dict[str, dict]:
     """Per metric name: `{"steps", "values", "min", "max", "last_step", "downsampled"}`.
 
@@ -126,6 +128,9 @@ def series(
     bucket's extremes; the first and last points are always present). With `after_step`: only
     raw points with step > after_step, at most `max_points` of them, oldest first; `last_step` is
     the last step returned (None when there is nothing new), so a client can ask again from it.
+
+    `from_step` / `to_step` (inclusive, either may be None) restrict the series to a step window
+    before bucketing: a zoomed chart asks for the finer data of the range it shows.
 
     `names` None means every series of the run; an unknown name gives an empty series.
     """
@@ -136,6 +141,10 @@ def series(
     if not names:
         return {}
     points = MetricPoint.objects.filter(run=run)
+    if from_step is not None:
+        points = points.filter(step__gte=from_step)
+    if to_step is not None:
+        points = points.filter(step__lte=to_step)
 
     if after_step is not None:
         out = {}
@@ -164,5 +173,5 @@ def series(
             raw = points.filter(name=name).order_by("step").values_list("step", "value")
             out[name] = _raw(list(raw))
         else:
-            out[name] = _bucketed(run, name, info["first"], info["last"], max_points)
+            out[name] = _bucketed(points, name, info["first"], info["last"], max_points)
     return out

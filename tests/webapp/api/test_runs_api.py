@@ -165,6 +165,23 @@ def test_metrics_are_bucketed_for_charts(api, owner, make_run):
     assert body["series"]["seconds"]["downsampled"] is False
 
 
+def test_metrics_window_returns_only_the_zoomed_steps(api, owner, make_run):
+    run = make_run(owner, status="running")
+    MetricPoint.objects.bulk_create(
+        [MetricPoint(run=run, name="inner_loss", step=s, value=float(s)) for s in range(1, 3001)]
+    )
+
+    body = api.get(
+        f"{URL}/{run.pk}/metrics", {"from_step": 1000, "to_step": 1099, "max_points": 500}
+    ).json()
+    backwards = api.get(f"{URL}/{run.pk}/metrics", {"from_step": 10, "to_step": 9})
+
+    loss = body["series"]["inner_loss"]
+    assert loss["downsampled"] is False and loss["steps"] == list(range(1000, 1100))
+    assert backwards.status_code == 422
+    assert "to_step" in backwards.content.decode()
+
+
 def test_metrics_tail_returns_only_newer_points_of_the_named_series(api, owner, make_run):
     run = make_run(owner, status="running")
     MetricPoint.objects.bulk_create(

@@ -168,3 +168,32 @@ def test_all_series_are_returned_when_no_names_are_given(run, owner, make_run):
 def test_it_rejects_max_points_below_two(run):
     with pytest.raises(ValueError):
         series(run, max_points=1)
+
+
+def test_a_step_window_is_bucketed_on_its_own_range(run):
+    # A zoomed chart asks for steps 2,001..3,000 of 10,000: the buckets cover only that range,
+    # so it gets finer data than the whole-series view, with the window's own extremes.
+    rng = np.random.default_rng(1)
+    steps = np.arange(1, 10_001)
+    values = rng.normal(size=steps.size)
+    add_points(run, "inner_loss", steps, values)
+
+    s = series(run, ["inner_loss"], max_points=200, from_step=2001, to_step=3000)["inner_loss"]
+
+    window = (steps >= 2001) & (steps <= 3000)
+    assert s["downsampled"] is True
+    assert s["steps"][0] == 2001 and s["steps"][-1] == 3000
+    exp_steps, exp_last, exp_min, exp_max = expected_buckets(steps[window], values[window], 200)
+    assert s["steps"][1:] == exp_steps
+    np.testing.assert_allclose(s["min"][1:], exp_min)
+    np.testing.assert_allclose(s["max"][1:], exp_max)
+
+
+def test_a_small_step_window_comes_back_raw(run):
+    add_points(run, "acc", range(1, 1001), [s / 1000 for s in range(1, 1001)])
+
+    s = series(run, ["acc"], max_points=100, from_step=500, to_step=549)["acc"]
+
+    assert s["downsampled"] is False
+    assert s["steps"] == list(range(500, 550))
+    assert s["values"][0] == pytest.approx(0.5)

@@ -17,12 +17,17 @@ run: $(STAMP)
 	$(PY) manage.py runstack
 
 ## make test: the whole suite (unit, integration, end-to-end with a real worker and a browser).
+## In-process tests run in TEST_PROCESSES pytest-xdist processes, a file per process at a time;
+## then the tests that start workers, browsers or time themselves run one at a time, because
+## their heartbeats and budgets are wall-clock and must not compete with the rest of the suite.
+TEST_PROCESSES ?= 2
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_PROCESSES) --dist loadfile -m "not e2e and not serial" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "e2e or serial" $(PYTEST_ARGS)
 
 ## make test-fast: everything but the slow and end-to-end tests.
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow and not e2e" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_PROCESSES) --dist loadfile -m "not slow and not e2e and not serial" $(PYTEST_ARGS)
 
 ## make worker: one more training worker against CELERY_BROKER_URL (WORKER_ARGS="--gpu 0" on a
 ## GPU host; one worker per GPU).

@@ -9,6 +9,11 @@ pick their own database number on it (`f"{redis_server_url}/{n}"`) and flush it.
 
 The SQLite test database is a file (settings.py) in WAL mode; `_remove_sqlite_side_files`
 deletes its -wal and -shm files, which Django's teardown leaves behind.
+
+`make test` runs the suite in two pytest-xdist processes. Each has its own test database
+(pytest-django adds the worker's suffix), its own Redis database numbers (`worker_redis_db`)
+and its own MEDIA_ROOT / RUNS_ROOT / DATASET_CACHE_ROOT (`_private_file_roots`): run ids start
+at 1 in every test database, so two processes sharing `var/runs/1/` would overwrite each other.
 """
 
 from __future__ import annotations
@@ -20,6 +25,16 @@ import pytest
 import redis
 
 from webapp.devstack import RedisServer, free_port
+
+
+@pytest.fixture(autouse=True)
+def _private_file_roots(settings, tmp_path_factory) -> None:
+    """Files a test's runs and uploads write go under this process's own temporary folder."""
+    root = tmp_path_factory.getbasetemp() / "file-roots"
+    settings.MEDIA_ROOT = root / "media"
+    settings.RUNS_ROOT = root / "runs"
+    settings.DATASET_CACHE_ROOT = root / "dataset-cache"
+    settings.DATASETS_ROOT = settings.MEDIA_ROOT / "datasets"
 
 
 @pytest.fixture(scope="session")

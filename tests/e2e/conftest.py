@@ -62,11 +62,12 @@ import redis
 from django.conf import settings as django_settings
 from django.db import connection
 
+from tests.processes import worker_redis_db
 from webapp.celery import app
 from webapp.devstack import DevStackError, WorkerProcess, start_training_worker
 from webapp.experiments.models import Run
 
-E2E_REDIS_DB = int(os.environ.get("E2E_REDIS_DB", "11"))
+E2E_REDIS_DB = worker_redis_db(int(os.environ.get("E2E_REDIS_DB", "11")))
 WORKER_START_TIMEOUT = 90
 
 

@@ -11,12 +11,13 @@ import pytest
 import redis
 
 from metatrain import preset
+from tests.processes import worker_redis_db
 from webapp.celery import app
 
 # A port nothing listens on: publishing fails at once (connection refused).
 CLOSED_BROKER_URL = "redis://127.0.0.1:1/0"
 # The database of the real Redis (tests/conftest.py) these tests own and flush.
-REDIS_DB = 13
+REDIS_DB = worker_redis_db(13)
 
 # A sine run that trains, validates twice, checkpoints twice and is evaluated in seconds.
 TINY_SINE = {

@@ -1,0 +1,202 @@
+"""The charts in a real browser (Chromium via Playwright) against the live server, without a
+worker: runs and their metric points are written straight into the test database.
+
+One browser, three pages: a finished 100,000-iteration run (bounded traces drawn with WebGL,
+the min/max band, smoothing remembered across a reload, log-scale y, a zoom that fetches the
+window's finer points, the periodic evaluation titled after its test classes and sharing the
+training charts' x range), a running run whose ETA keeps counting down while its iteration
+stands still (a validation), and the compare page with the same controls.
+
+The small pure functions of static/js/chart_tools.js are checked here too, in the page that
+loads them: this project runs no JavaScript test runner.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+from django.conf import settings
+from django.test import Client
+from django.utils import timezone
+
+from webapp.experiments.chart_titles import TEST_CLASSES_TITLE
+from webapp.experiments.models import Experiment, MetricPoint, Run
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+LONG = 100_000
+CONFIG = {"dataset": "omniglot", "ways": 5, "shots": 1, "validation_classes": 0, "seed": 0}
+
+
+def make_run(owner, name: str, **fields) -> Run:
+    experiment = Experiment.objects.create(owner=owner, name=name, config=CONFIG, seeds=[0])
+    defaults = {
+        "status": Run.Status.SUCCEEDED,
+        "algorithm": "reptile",
+        "dataset": "omniglot",
+        "split": "paper",
+        "ways": 5,
+        "shots": 1,
+        "config_hash": "0" * 64,
+    }
+    return Run.objects.create(
+        experiment=experiment, seed=0, config=CONFIG, **{**defaults, **fields}
+    )
+
+
+def add_points(run: Run, name: str, steps, value) -> None:
+    MetricPoint.objects.bulk_create(
+        (MetricPoint(run=run, name=name, step=s, value=value(s)) for s in steps),
+        batch_size=20_000,
+    )
+
+
+def log_in(page, base: str, user) -> None:
+    client = Client()
+    client.force_login(user)
+    cookie = client.cookies[settings.SESSION_COOKIE_NAME]
+    page.context.add_cookies(
+        [{"name": settings.SESSION_COOKIE_NAME, "value": cookie.value, "url": base}]
+    )
+
+
+def traces(page, chart_id: str) -> list[dict]:
+    """Each trace of a chart: its type, role, x range and length (not the points themselves)."""
+    return page.evaluate(
+        """id => document.getElementById(id).data.map(t => ({
+            type: t.type || 'scatter', role: (t.meta || {}).role, n: t.x.length,
+            x0: t.x[0], x1: t.x[t.x.length - 1], y: t.y.slice(0, 50),
+            step: t.x.length > 1 ? (t.x[t.x.length - 1] - t.x[0]) / (t.x.length - 1) : null,
+        }))""",
+        chart_id,
+    )
+
+
+def layout(page, chart_id: str) -> dict:
+    return page.evaluate(
+        """id => { const l = document.getElementById(id).layout;
+                  return {title: l.title.text, x: l.xaxis.range, ytype: l.yaxis.type}; }""",
+        chart_id,
+    )
+
+
+def by_role(chart: list[dict], role: str) -> dict:
+    return next(t for t in chart if t["role"] == role)
+
+
+def test_charts_stay_bounded_smooth_zoom_and_say_what_they_measure(
+    live_server, browser_page, plotly_served, django_user_model
+):
+    page = browser_page
+    base = live_server.url
+    owner = django_user_model.objects.create_user("owner")
+    long = make_run(owner, "long run", iteration=LONG, total_iterations=LONG)
+    add_points(long, "inner_loss", range(1, LONG + 1), lambda s: 2 + math.sin(s) + 1 / s)
+    add_points(long, "validation_accuracy", [50_000], lambda s: 0.9)
+    add_points(long, "validation_ci95", [50_000], lambda s: 0.01)
+    log_in(page, base, owner)
+
+    page.goto(f"{base}/runs/{long.pk}/")
+    page.wait_for_selector("#charts[data-loaded=true] #chart-validation_accuracy .main-svg")
+
+    # The pure functions the pages share.
+    tools = page.evaluate(
+        """() => { const T = window.ChartTools; return {
+            ema: T.ema([1, 2, null, 3], 0.5), raw: T.ema([1, 2], 0),
+            one: T.sharedRange([[100]]), two: T.sharedRange([[1, 5], [3, 9], []]),
+            band: T.band({steps: [1, 2], values: [1, 2], min: [0, 1], max: [2, 3]}),
+            flat: T.band({steps: [1], values: [1], min: [1], max: [1]}),
+            zoom: T.zoomWindow({'xaxis.range[0]': 10.2, 'xaxis.range[1]': 20.7}),
+            reset: T.zoomWindow({'xaxis.autorange': true}), other: T.zoomWindow({autosize: true}),
+        }; }"""
+    )
+    assert tools["ema"] == pytest.approx([1, 5 / 3, None, 2.4285714], abs=1e-6)
+    assert tools["raw"] == [1, 2]
+    assert tools["one"] == [0, 105] and tools["two"] == [1, 9]
+    assert tools["band"] == {"x": [1, 2], "lower": [0, 1], "upper": [2, 3]}
+    assert tools["flat"] is None
+    assert tools["zoom"] == {"from": 10, "to": 21, "range": [10.2, 20.7]}
+    assert tools["reset"] == {"whole": True} and tools["other"] is None
+
+    # 100,000 points: at most 2,000 drawn per trace, with WebGL, and the bucket's min/max band.
+    loss = traces(page, "chart-inner_loss")
+    assert all(t["n"] <= 2000 for t in loss), loss
+    raw = by_role(loss, "raw")
+    assert raw["type"] == "scattergl" and raw["x0"] == 1 and raw["x1"] == LONG
+    assert by_role(loss, "band-lower")["type"] == "scattergl"
+
+    # The periodic evaluation ran on test classes and says so; its one point shares the
+    # training chart's x range instead of getting 49,999..50,001.
+    val = layout(page, "chart-validation_accuracy")
+    assert val["title"].startswith(TEST_CLASSES_TITLE)
+    assert val["x"] == [1, LONG] == layout(page, "chart-inner_loss")["x"]
+
+    # Smoothing: the raw curve stays (faint) and a smoothed one is drawn; remembered on reload.
+    page.fill(".chart-smoothing", "0.9")
+    page.dispatch_event(".chart-smoothing", "input")
+    loss = traces(page, "chart-inner_loss")
+    smoothed, raw = by_role(loss, "smoothed"), by_role(loss, "raw")
+    assert smoothed["n"] == raw["n"] and smoothed["y"] != raw["y"]
+    page.reload()
+    page.wait_for_selector("#charts[data-loaded=true] #chart-inner_loss .main-svg")
+    assert page.input_value(".chart-smoothing") == "0.9"
+    assert any(t["role"] == "smoothed" for t in traces(page, "chart-inner_loss"))
+
+    # Log-scale y.
+    page.check(".chart-log")
+    assert layout(page, "chart-inner_loss")["ytype"] == "log"
+
+    # Zoom: the window is fetched from the API at about one point per pixel, on every chart.
+    whole_step = by_role(traces(page, "chart-inner_loss"), "raw")["step"]
+    with page.expect_request(re.compile(r"/api/runs/\d+/metrics\?")) as request:
+        page.evaluate(
+            "Plotly.relayout('chart-inner_loss', {'xaxis.range[0]': 1000, 'xaxis.range[1]': 2000})"
+        )
+    query = request.value.url.split("?", 1)[1]
+    assert "from_step=1000" in query and "to_step=2000" in query
+    assert int(re.search(r"max_points=(\d+)", query).group(1)) <= 2000
+    page.wait_for_selector("#charts[data-zoom='1000-2000']")
+    zoomed = by_role(traces(page, "chart-inner_loss"), "raw")
+    assert zoomed["x0"] >= 1000 and zoomed["x1"] <= 2000
+    assert zoomed["step"] <= 2 < whole_step  # finer than the whole series' buckets
+    assert layout(page, "chart-validation_accuracy")["x"] == [1000, 2000]
+
+    # A double click (autorange) goes back to the whole series.
+    page.evaluate("Plotly.relayout('chart-inner_loss', {'xaxis.autorange': true})")
+    page.wait_for_selector("#charts[data-zoom='']")
+    assert by_role(traces(page, "chart-inner_loss"), "raw")["x1"] == LONG
+
+    # A running run standing still at one iteration (validating): the ETA keeps counting down.
+    running = make_run(
+        owner,
+        "running",
+        status=Run.Status.RUNNING,
+        iteration=50,
+        total_iterations=100,
+        seconds_per_iteration=2.0,
+        started_at=timezone.now(),
+        heartbeat_at=timezone.now(),
+    )
+    add_points(running, "inner_loss", range(1, 51), lambda s: 1 / s)
+    page.goto(f"{base}/runs/{running.pk}/")
+    page.wait_for_selector("#charts[data-loaded=true]")
+    first = page.inner_text("#run-eta")
+    page.wait_for_function(
+        "first => document.getElementById('run-eta').textContent !== first", arg=first
+    )
+    assert first == "1 min 40 s"
+    assert re.fullmatch(r"1 min 3\d s", page.inner_text("#run-eta"))
+
+    # The compare page: the same controls and settings (smoothing 0.9, log y remembered).
+    page.goto(f"{base}/compare/?runs={long.pk}&runs={running.pk}")
+    page.wait_for_selector("#compare-inner_loss .main-svg")
+    assert page.input_value(".chart-smoothing") == "0.9"
+    compared = traces(page, "compare-inner_loss")
+    assert [t["role"] for t in compared].count("smoothed") == 2
+    assert all(t["n"] <= 2000 for t in compared)
+    assert layout(page, "compare-inner_loss")["ytype"] == "log"
+    page.uncheck(".chart-log")
+    assert layout(page, "compare-inner_loss")["ytype"] == "linear"
+    assert page.errors == []

@@ -50,6 +50,7 @@
   var settings = T.loadSettings();
   var zoom = null; // {from, to, range} on every chart, or null: whole series
   var zoomData = {}; // run id -> series of the zoom window
+  var view = 0; // counts zooms and resets: the x axis' uirevision
   var rendering = false;
 
   // Every box first, then the plots: each chart is drawn at its final width.
@@ -103,8 +104,14 @@
       {
         title: { text: TITLES[name] || name, font: { size: 14 } },
         margin: { l: 56, r: 16, t: 40, b: 84 },
-        xaxis: { title: { text: "meta-iteration" }, autorange: !xRange, range: xRange || undefined },
-        yaxis: { type: settings.logY ? "log" : "linear", autorange: true },
+        xaxis: {
+          title: { text: "meta-iteration" }, autorange: !xRange, range: xRange || undefined,
+          uirevision: view, // a new view (zoom or reset) overrides the range the user dragged to
+        },
+        yaxis: {
+          type: settings.logY ? "log" : "linear", autorange: true,
+          uirevision: view + (settings.logY ? "log" : "linear"),
+        },
         showlegend: true,
         legend: { orientation: "h", y: -0.4 },
         hovermode: "x",
@@ -123,6 +130,7 @@
 
   function zoomTo(win) {
     if (!win) return;
+    view += 1;
     if (win.whole) {
       zoom = null;
       zoomData = {};

@@ -62,6 +62,7 @@
   var lastStep = {}; // series name -> last step held
   var zoom = null; // {from, to, range} shown on every chart, or null: the whole run
   var zoomData = {}; // series name -> the zoom window's points, from the API
+  var view = 0; // counts zooms and resets: the x axis' uirevision
   var needWhole = false; // a series outgrew MAX_DRAWN: fetch everything bucketed again
   var settings = T.loadSettings();
   var timer = null;
@@ -142,14 +143,20 @@
     var layout = {
       title: { text: def.title, font: { size: 14 } },
       margin: { l: 56, r: 16, t: 40, b: legend ? 84 : 44 },
-      xaxis: { title: { text: "meta-iteration" }, zeroline: false, autorange: !xRange, range: xRange || undefined },
-      yaxis: { title: { text: def.y }, zeroline: false, type: settings.logY ? "log" : "linear", autorange: true },
+      xaxis: {
+        title: { text: "meta-iteration" }, zeroline: false, autorange: !xRange, range: xRange || undefined,
+        uirevision: view, // a new view (zoom or reset) overrides the range the user dragged to
+      },
+      yaxis: {
+        title: { text: def.y }, zeroline: false, type: settings.logY ? "log" : "linear", autorange: true,
+        uirevision: view + (settings.logY ? "log" : "linear"),
+      },
       showlegend: legend,
       legend: { orientation: "h", y: -0.4 },
       hovermode: "x",
       paper_bgcolor: "#fff",
       plot_bgcolor: "#fff",
-      uirevision: "keep", // legend clicks survive redraws; the x range is set on every draw
+      uirevision: "keep", // legend clicks survive redraws
     };
     chart.rendering = true;
     Plotly.react(chart.div, traces, layout, T.PLOT_CONFIG);
@@ -176,6 +183,7 @@
   // A zoom on any chart shows that window on all of them, at the window's own resolution.
   function zoomTo(win) {
     if (!win) return;
+    view += 1;
     if (win.whole) {
       zoom = null;
       zoomData = {};

@@ -229,8 +229,9 @@
       if (!fresh.steps.length) return;
       changed = true;
       var held = store[name] || (store[name] = { steps: [], values: [], min: [], max: [] });
+      // New arrays, not pushes: the drawn traces hold the old ones, and must not grow with them.
       ["steps", "values", "min", "max"].forEach(function (key) {
-        Array.prototype.push.apply(held[key], fresh[key]);
+        held[key] = held[key].concat(fresh[key]);
       });
       lastStep[name] = fresh.steps[fresh.steps.length - 1];
       if (held.steps.length > T.MAX_DRAWN) needWhole = true;
@@ -238,7 +239,8 @@
       var def = chartFor(name);
       if (!charts[def.key]) createChart(def);
     });
-    if (changed) renderAll();
+    // Too many points held: draw nothing of them, the caller fetches the series whole again.
+    if (changed && !needWhole) renderAll();
   }
 
   function setText(id, text) {
@@ -360,6 +362,7 @@
         }
         attempts = data.run.attempts;
         applySeries(data.series);
+        if (needWhole) return tick(); // bucketed on the server again, at once
         chartsEl.dataset.loaded = "true";
         updateState(data.run);
         if (data.run.is_final) {

@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from webapp.experiments.chart_titles import TEST_CLASSES_TITLE
 from webapp.experiments.models import Experiment, MetricPoint, Run
+from webapp.experiments.views import runs as run_views
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -53,15 +54,16 @@ def add_points(run: Run, name: str, steps, value) -> None:
     )
 
 
-def add_long_series(run: Run, name: str, length: int) -> None:
-    """`length` noisy points in one INSERT ... SELECT: 100,000 model objects take seconds."""
+def add_long_series(run: Run, name: str, last: int, first: int = 1) -> None:
+    """Noisy points at steps first..last in one INSERT ... SELECT: 100,000 model objects take
+    seconds."""
     table = MetricPoint._meta.db_table
     with connection.cursor() as cursor:
         cursor.execute(
             f"""INSERT INTO {table} (run_id, name, step, value)
-                WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < %s)
+                WITH RECURSIVE s(x) AS (SELECT %s UNION ALL SELECT x + 1 FROM s WHERE x < %s)
                 SELECT %s, %s, x, 1.0 + ((x * 7919) %% 101) / 100.0 + 100.0 / x FROM s""",
-            [length, run.pk, name],
+            [first, last, run.pk, name],
         )
 
 
@@ -99,8 +101,9 @@ def by_role(chart: list[dict], role: str) -> dict:
 
 
 def test_charts_stay_bounded_smooth_zoom_and_say_what_they_measure(
-    live_server, browser_page, plotly_served, django_user_model
+    live_server, browser_page, plotly_served, django_user_model, monkeypatch
 ):
+    monkeypatch.setattr(run_views, "POLL_MS", 300)  # the running run's page polls 10x faster
     page = browser_page
     base = live_server.url
     owner = django_user_model.objects.create_user("owner")
@@ -206,6 +209,17 @@ def test_charts_stay_bounded_smooth_zoom_and_say_what_they_measure(
     )
     assert first == "1 min 40 s"
     assert re.fullmatch(r"1 min 3\d s", page.inner_text("#run-eta"))
+
+    # Points arriving live are appended; past 2,000 held points a series is fetched whole
+    # (bucketed) again instead of drawing them all.
+    add_long_series(running, "inner_loss", 3000, first=51)
+    page.wait_for_function(
+        """() => document.getElementById('chart-inner_loss').data
+                 .some(t => t.meta.role === 'raw' && t.x[t.x.length - 1] === 3000)"""
+    )
+    live = traces(page, "chart-inner_loss")
+    assert all(t["n"] <= 2000 for t in live), [(t["role"], t["n"]) for t in live]
+    assert by_role(live, "band-lower")["x1"] == 3000  # bucketed by the server
 
     # The compare page: the same controls, opened with the settings kept (smoothing 0.9, log y).
     page.goto(f"{base}/compare/?runs={long.pk}&runs={running.pk}")

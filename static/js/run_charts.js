@@ -270,6 +270,7 @@
    * The ETA counts down every second from the server's estimate. The server computes it from
    * the iterations left, so while the iteration stands still (a periodic validation) its answer
    * does not move: the countdown is re-anchored only when the iteration advances, not frozen.
+   * That estimate leaves out validation time, so it may rise again once training resumes.
    */
   var eta = { iteration: null, seconds: null, at: 0, timer: null };
 
@@ -290,7 +291,8 @@
       setHidden("run-eta-wrap", !run.eta_display);
       return;
     }
-    if (eta.iteration !== run.iteration || eta.seconds === null) {
+    // An unresponsive run (no heartbeat) is not counting down: show the server's estimate as is.
+    if (eta.iteration !== run.iteration || eta.seconds === null || run.unresponsive) {
       eta.iteration = run.iteration;
       eta.seconds = run.eta_seconds;
       eta.at = Date.now();

@@ -31,6 +31,11 @@ Fixtures
     One worker on the cpu and any queues, already started.
 `owner`
     A user (username "owner", password "pw") in the transactional database.
+`browser_page` (playwright Page)
+    A page of a fresh Chromium (/usr/bin/chromium; skips without it), 1360x900, with
+    `page.errors` collecting uncaught JavaScript errors. Pair it with `live_server`.
+`plotly_served`
+    Serves Plotly.js from the plotly package as static/vendor/plotly.min.js (never a CDN).
 
 `WorkerProcess` (`webapp.devstack`): `.hostname`, `.pid`, `.log()` (its output so far: put
 it in assertion messages), `.terminate(timeout)` (SIGTERM to the main process: Celery's warm
@@ -52,15 +57,17 @@ var/ for that reason).
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 import redis
 from django.conf import settings as django_settings
-from django.db import connection
+from django.db import connection, connections
 
 from tests.processes import worker_redis_db
 from webapp.celery import app
@@ -237,3 +244,53 @@ def wait_for() -> Callable:
 @pytest.fixture
 def wait_for_run() -> Callable:
     return _wait_for_run
+
+
+# The browser tests' Chromium (Debian's, driven by Playwright) and Plotly.js from our finder.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PLOTLY_FINDER = "webapp.experiments.staticfinders.PlotlyFinder"
+
+
+@pytest.fixture
+def browser_page(monkeypatch):
+    if not shutil.which(CHROMIUM) and not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API runs an event loop in this thread; the ORM calls the test makes
+    # between browser steps are still plain synchronous code.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(
+            viewport={"width": 1360, "height": 900}, accept_downloads=True
+        )
+        page = context.new_page()
+        page.set_default_timeout(20_000)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.errors = errors
+        try:
+            yield page
+        finally:
+            # While Playwright's event loop runs in this thread, Django keeps its connections
+            # in async (contextvar) storage, apart from the thread's own: the ORM calls made
+            # meanwhile opened connections that the test database teardown never sees (and
+            # cannot drop the database while they live). Close them while the loop runs.
+            connections.close_all()
+            context.close()
+            browser.close()
+
+
+@pytest.fixture
+def plotly_served(settings):
+    """Plotly.js comes from the plotly package through our finder (never a CDN)."""
+    if PLOTLY_FINDER not in settings.STATICFILES_FINDERS:
+        settings.STATICFILES_FINDERS = [*settings.STATICFILES_FINDERS, PLOTLY_FINDER]

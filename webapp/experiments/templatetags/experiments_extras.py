@@ -6,6 +6,8 @@ import json
 
 from django import template
 
+from webapp.experiments import chart_titles
+
 register = template.Library()
 
 
@@ -21,3 +23,9 @@ def percent(value: float | None, digits: int = 2) -> str:
 def config_value(value) -> str:
     """A config value as config.json spells it (true/false/null, not True/None); strings bare."""
     return value if isinstance(value, str) else json.dumps(value)
+
+
+@register.filter
+def validation_chart_title(config: dict) -> str:
+    """The periodic evaluation chart's title for a run's config (test or validation classes)."""
+    return chart_titles.validation_chart_title(config or {})

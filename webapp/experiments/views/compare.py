@@ -7,9 +7,11 @@ import json
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.urls import reverse
 
 from .. import metrics_series
 from ..access import dataset_shown, get_run_for_user, visible_config
+from ..chart_titles import compare_chart_title
 from ..filtering import RunFilters, filter_runs
 from ..forms import config_fields
 from ..models import Run
@@ -94,6 +96,8 @@ def compare(request: HttpRequest) -> HttpResponse:
             "id": run.pk,
             "label": f"#{run.pk} {run.experiment.name} (seed {run.seed})",
             "url": run.get_absolute_url(),
+            # Where a zoomed chart fetches this run's points of a step window.
+            "metrics_url": reverse("api:run_metrics", args=[run.pk]),
             "series": metrics_series.series(run, max_points=COMPARE_MAX_POINTS),
         }
         for run in runs
@@ -105,6 +109,7 @@ def compare(request: HttpRequest) -> HttpResponse:
         "selected": {run.pk for run in runs},
         "q": q,
         "chart_data": chart_data,
+        "validation_title": compare_chart_title([run.config for run in runs]),
         "diff_rows": diff,
         "differing": sum(1 for row in diff if row["differs"]),
         "only_diff": request.GET.get("only_diff") == "1",

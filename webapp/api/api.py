@@ -4,7 +4,8 @@ The description below is what API users read (in /api/openapi.json); error handl
 service layer's refusals (webapp.experiments.errors) and database outages into the documented
 answers.
 
-No interactive docs: ninja's Swagger UI loads from a CDN, which this project never uses.
+Interactive docs at /api/docs: ninja's bundled Swagger UI, served from our own static files
+("ninja" is an installed app, so its local template is used, never its CDN one).
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ uploaded dataset names it (`user_dataset`, `user_dataset_name`).
 `items`. The runs list filters as the runs page does: `status`, `dataset`, `algorithm`, `owner`
 (a username, or `me`), `q` (`search` is its old name), `sort`.
 
-The OpenAPI schema is served at /api/openapi.json.
+The OpenAPI schema is served at /api/openapi.json, and read in the browser at /api/docs.
 """
 
 api = NinjaAPI(
@@ -108,7 +109,7 @@ api = NinjaAPI(
     version="1",
     description=DESCRIPTION,
     auth=API_AUTH,
-    docs_url=None,
+    docs_url="/docs",
     parser=StrictJSONParser(),
     renderer=StrictJSONRenderer(),
     urls_namespace="api",

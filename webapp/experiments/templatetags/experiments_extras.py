@@ -6,6 +6,13 @@ import json
 
 from django import template
 
+from webapp.experiments.presentation import (
+    format_duration,
+    format_loss,
+    format_timestamp,
+    format_value,
+)
+
 register = template.Library()
 
 
@@ -21,3 +28,25 @@ def percent(value: float | None, digits: int = 2) -> str:
 def config_value(value) -> str:
     """A config value as config.json spells it (true/false/null, not True/None); strings bare."""
     return value if isinstance(value, str) else json.dumps(value)
+
+
+@register.filter
+def detail_value(value) -> str:
+    """An evaluation detail formatted by its type (presentation.format_value)."""
+    return format_value(value)
+
+
+@register.filter
+def when(value) -> str:
+    """A timestamp with its time zone (presentation.format_timestamp); empty for None."""
+    return format_timestamp(value)
+
+
+@register.filter
+def duration(seconds) -> str:
+    return format_duration(seconds)
+
+
+@register.filter
+def loss(value) -> str:
+    return format_loss(value)

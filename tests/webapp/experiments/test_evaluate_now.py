@@ -129,5 +129,3 @@ def test_a_cancelled_run_whose_checkpoint_is_gone_is_404_not_500(sine_run, clien
     response = client.get(reverse("run-download", args=[sine_run.pk, "config.json"]))
 
     assert response.status_code == 404
-
-

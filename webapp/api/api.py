@@ -99,7 +99,8 @@ uploaded dataset names it (`user_dataset`, `user_dataset_name`).
 
 **Lists** take `limit` (at most 200) and `offset`, and answer `count`, `limit`, `offset`,
 `items`. The runs list filters as the runs page does: `status`, `dataset`, `algorithm`, `owner`
-(a username, or `me`), `q` (`search` is its old name), `sort`.
+(a username, or `me`), `q` (`search` is its old name), `tag`, `sort`; the experiments list by
+`q`, `tag` and `owner`. PATCH renames an experiment or a run and edits its notes and tags.
 
 The OpenAPI schema is served at /api/openapi.json, and read in the browser at /api/docs.
 """

@@ -135,7 +135,7 @@ def label_run(request: HttpRequest, run_id: RunId, payload: LabelsIn):
 
 @router.post(
     "/{run_id}/evaluate",
-    response={202: RunDetailOut, 409: MessageOut | QuotaErrorOut},
+    response={200: RunDetailOut, 409: MessageOut | QuotaErrorOut},
     summary="Evaluate a cancelled or failed run's last checkpoint (owner or staff)",
 )
 def evaluate_run(request: HttpRequest, run_id: RunId):
@@ -151,7 +151,7 @@ def evaluate_run(request: HttpRequest, run_id: RunId):
         raise
     except services.ServiceError as exc:
         return Status(409, {"detail": str(exc)})
-    return Status(202, run_detail_data(run, user))
+    return Status(200, run_detail_data(run, user))
 
 
 @router.get("/{run_id}/metrics", response=MetricsOut, summary="Metric series for charts")

@@ -279,3 +279,13 @@ def browser_page(monkeypatch):
             connections.close_all()
             context.close()
             browser.close()
+
+
+PLOTLY_FINDER = "webapp.experiments.staticfinders.PlotlyFinder"
+
+
+@pytest.fixture
+def plotly_served(settings):
+    """Plotly.js comes from the plotly package through our finder (never a CDN)."""
+    if PLOTLY_FINDER not in settings.STATICFILES_FINDERS:
+        settings.STATICFILES_FINDERS = [*settings.STATICFILES_FINDERS, PLOTLY_FINDER]

@@ -21,15 +21,7 @@ from webapp.experiments.views.runs import LOAD_SNIPPET
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-PLOTLY_FINDER = "webapp.experiments.staticfinders.PlotlyFinder"
 PASSWORD = "a-long-passphrase-42"
-
-
-@pytest.fixture
-def plotly_served(settings):
-    """Plotly.js comes from the plotly package through our finder (never a CDN)."""
-    if PLOTLY_FINDER not in settings.STATICFILES_FINDERS:
-        settings.STATICFILES_FINDERS = [*settings.STATICFILES_FINDERS, PLOTLY_FINDER]
 
 
 def chart_points(page, key: str) -> int:

@@ -176,7 +176,7 @@ def run_list_live(request: HttpRequest) -> JsonResponse:
         return JsonResponse(
             {"error": f"ids: at most {MAX_LIVE_IDS} run numbers, each 1 or more"}, status=400
         )
-    runs = Run.objects.filter(pk__in=ids).select_related("experiment")
+    runs = filter_runs(request.user, RunFilters(), Run.objects.filter(pk__in=ids))
     data = {
         str(run.pk): {
             "status": render_to_string("experiments/_status.html", {"run": run}),

@@ -62,7 +62,10 @@ def list_runs(
     ] = None,
     q: Annotated[
         Text | None,
-        Query(max_length=200, description="text in the experiment's name or description"),
+        Query(
+            max_length=200,
+            description="text in the run's or experiment's name, description or notes",
+        ),
     ] = None,
     search: Annotated[
         Text | None,

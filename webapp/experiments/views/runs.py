@@ -209,7 +209,7 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "checkpoint_weights": _checkpoint_weights_offered(run),
         "can_evaluate_now": services.can_evaluate_now(run),
         "labels_url": reverse("run-labels", args=[run.pk]),
-        "load_snippet": LOAD_SNIPPET,
+        "load_snippet": load_snippet(run),
         "poll_ms": POLL_MS,
     }
     return render(request, "experiments/run_detail.html", context)
@@ -260,6 +260,16 @@ def run_cancel(request: HttpRequest, pk: int) -> HttpResponse:
 
 def _artifacts_ready(run: Run) -> bool:
     return run.status == Run.Status.SUCCEEDED and bool(run.initialization)
+
+
+def load_snippet(run: Run) -> str:
+    """The loader snippet with this run's download names (run-42-o5w1s-seed0-config.json...)."""
+    return LOAD_SNIPPET.replace(
+        'open("config.json")', f'open("{download_name(run, "config.json")}")'
+    ).replace(
+        'load_file("initialization.safetensors")',
+        f'load_file("{download_name(run, "initialization.safetensors")}")',
+    )
 
 
 def _checkpoint_weights_offered(run: Run) -> bool:

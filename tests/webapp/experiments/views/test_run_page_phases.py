@@ -247,3 +247,16 @@ def test_the_live_runs_feed_refuses_bad_ids(client, owner):
     assert client.get(reverse("run-list-live"), {"ids": "1,x"}).status_code == 400
     too_many = ",".join(str(i) for i in range(1, 30))
     assert client.get(reverse("run-list-live"), {"ids": too_many}).status_code == 400
+
+
+def test_the_run_pages_loader_snippet_opens_the_files_by_their_download_names(
+    client, owner, make_run
+):
+    run = make_run(owner, initialization="runs/1/attempt-1/initialization.safetensors")
+    client.force_login(owner)
+
+    page = client.get(run.get_absolute_url()).content.decode()
+
+    name = f"run-{run.pk}-o5w1s-seed0"
+    assert f"open(&quot;{name}-config.json&quot;)" in page
+    assert f"load_file(&quot;{name}-initialization.safetensors&quot;)" in page

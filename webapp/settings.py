@@ -95,6 +95,9 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    # django-ninja's templates and static files: /api/docs serves its bundled Swagger UI from
+    # our own static files (without the app, ninja falls back to a CDN page).
+    "ninja",
     "webapp.accounts",
     "webapp.experiments",
     "webapp.datasets",
@@ -112,6 +115,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # A page answered 405 with an empty body (require_POST) gets templates/405.html.
+    "webapp.middleware.MethodNotAllowedPageMiddleware",
 ]
 
 ROOT_URLCONF = "webapp.urls"

@@ -322,9 +322,30 @@
     if (run.seconds_per_iteration) setText("run-spi", run.seconds_per_iteration.toFixed(3));
     setText("run-worker", run.worker || "—");
     setText("run-attempts", String(run.attempts));
-    // The server's format: UTC, "YYYY-MM-DD HH:MM:SS".
-    if (run.heartbeat_at) setText("run-heartbeat", run.heartbeat_at.slice(0, 19).replace("T", " "));
+    setText("run-heartbeat", run.heartbeat_display || "—");
     setText("run-device", run.device || "—");
+    updateEvaluation(run);
+  }
+
+  // The final evaluation as its own phase (progress, rate, ETA), and the Evaluations table's
+  // rows as the server renders them, replaced when their number changes.
+  function updateEvaluation(run) {
+    setHidden("run-eval-phase", !run.evaluating);
+    if (run.evaluating) {
+      setText("run-eval-done", String(run.eval_tasks_done));
+      setText("run-eval-total", String(run.eval_tasks_total));
+      setText("run-eval-percent", run.eval_percent + " %");
+      setText("run-eval-rate", run.eval_tasks_per_second ? run.eval_tasks_per_second.toFixed(1) : "…");
+      setText("run-eval-eta", run.eval_eta_display || "…");
+    }
+    var rows = document.getElementById("run-evaluation-rows");
+    if (rows && typeof run.evaluations_html === "string" &&
+        String(run.evaluations_count) !== rows.dataset.count) {
+      rows.innerHTML = run.evaluations_html;
+      rows.dataset.count = String(run.evaluations_count);
+      setHidden("run-evaluations", !run.evaluations_count);
+      setHidden("run-evaluations-none", !!run.evaluations_count);
+    }
   }
 
   function tailStart() {

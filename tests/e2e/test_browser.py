@@ -17,7 +17,7 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from webapp.experiments.models import Experiment, Run
-from webapp.experiments.views.runs import LOAD_SNIPPET
+from webapp.experiments.views.runs import load_snippet
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -81,7 +81,8 @@ def test_a_researchers_first_session(
     page.wait_for_timeout(500)  # let Plotly finish drawing before the picture
     page.screenshot(path=str(artifacts / "run-page.png"), full_page=True)
 
-    # Cancel: the worker stops at its next poll; the page notices and shows it.
+    # Cancel (after confirming): the worker stops at its next poll; the page shows it.
+    page.once("dialog", lambda dialog: dialog.accept())
     page.click("#cancel-form button")
     page.wait_for_function(
         "() => document.getElementById('run-status').textContent.trim() === 'Cancelled'",
@@ -128,7 +129,9 @@ def test_a_researchers_first_session(
     download.value.save_as(folder / download.value.suggested_filename)
     monkeypatch.chdir(folder)
     namespace: dict = {}
-    exec(LOAD_SNIPPET, namespace)  # noqa: S102 (our own snippet, as a user would run it)
+    snippet = page.inner_text("code.load-snippet")  # with this run's download names
+    assert snippet == load_snippet(omniglot)
+    exec(snippet, namespace)  # noqa: S102 (our own snippet, as a user would run it)
     weights = namespace["weights"]
     assert namespace["meta"]["config"]["dataset"] == "omniglot"
     assert len(weights) > 0 and all(t.numel() > 0 for t in weights.values())

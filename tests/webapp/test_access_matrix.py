@@ -61,6 +61,18 @@ def _dataset(f):
     return UserDataset.objects.create(owner=f.owner, name="d", status=UserDataset.Status.REJECTED)
 
 
+def _stopped_run(f):
+    """A cancelled run with a checkpoint: what "evaluate now" applies to."""
+    run = _queued_run(f)
+    run.checkpoint_file.save("ckpt.pt", ContentFile(b"x"), save=True)
+    Run.objects.filter(pk=run.pk).update(status=Run.Status.CANCELLED)
+    return run
+
+
+def _tagged(model):
+    return lambda obj, user: model.objects.get(pk=obj.pk).tags == ",t,"
+
+
 def _token(f):
     return ApiToken.issue(f.owner, "t")[0]
 
@@ -81,6 +93,25 @@ HTML_WRITES = [
         lambda o: [o.pk],
         dict,
         lambda o, u: Run.objects.get(pk=o.pk).status == Run.Status.CANCELLED,
+        "owner",
+    ),
+    Write(
+        "run-labels", _queued_run, lambda o: [o.pk], lambda: {"tags": "t"}, _tagged(Run), "owner"
+    ),
+    Write(
+        "experiment-labels",
+        _experiment,
+        lambda o: [o.pk],
+        lambda: {"name": "renamed", "tags": "t"},
+        _tagged(Experiment),
+        "owner",
+    ),
+    Write(
+        "run-evaluate",
+        _stopped_run,
+        lambda o: [o.pk],
+        dict,
+        lambda o, u: Run.objects.get(pk=o.pk).evaluate_only,
         "owner",
     ),
     Write("dataset-delete", _dataset, lambda o: [o.pk], dict, _gone(UserDataset), "owner"),
@@ -132,6 +163,8 @@ SESSION_POSTS = ["login", "logout", "signup"]
 ANONYMOUS_PAGES = {"login", "signup"}
 HTML_READS = [
     "run-list",
+    "run-list-live",
+    "experiment-list",
     "experiment-new",
     "experiment-detail",
     "experiment-clone",
@@ -178,6 +211,30 @@ API_WRITES = [
         "owner",
     ),
     ApiWrite(
+        "PATCH",
+        "/api/runs/{run_id}",
+        _queued_run,
+        {"tags": ["t"]},
+        _tagged(Run),
+        "owner",
+    ),
+    ApiWrite(
+        "PATCH",
+        "/api/experiments/{experiment_id}",
+        _experiment,
+        {"tags": ["t"]},
+        _tagged(Experiment),
+        "owner",
+    ),
+    ApiWrite(
+        "POST",
+        "/api/runs/{run_id}/evaluate",
+        _stopped_run,
+        None,
+        lambda o, u: Run.objects.get(pk=o.pk).evaluate_only,
+        "owner",
+    ),
+    ApiWrite(
         "POST",
         "/api/experiments",
         lambda f: None,
@@ -205,6 +262,9 @@ def snapshot() -> tuple[int, ...]:
         UserDataset.objects.count(),
         ApiToken.objects.count(),
         ApiToken.objects.filter(revoked_at__isnull=False).count(),
+        Run.objects.exclude(tags="").count(),
+        Experiment.objects.exclude(tags="").count(),
+        Run.objects.filter(evaluate_only=True).count(),
     )
 
 
@@ -460,6 +520,8 @@ def _api_call(client: Client, write: ApiWrite, obj):
         path = path.replace("{experiment_id}", str(obj.pk)).replace("{run_id}", str(obj.pk))
     if write.method == "DELETE":
         return client.delete(path)
+    if write.method == "PATCH":
+        return client.patch(path, write.body or {}, content_type="application/json")
     return client.post(path, write.body or {}, content_type="application/json")
 
 

@@ -4,7 +4,8 @@ The description below is what API users read (in /api/openapi.json); error handl
 service layer's refusals (webapp.experiments.errors) and database outages into the documented
 answers.
 
-No interactive docs: ninja's Swagger UI loads from a CDN, which this project never uses.
+Interactive docs at /api/docs: ninja's bundled Swagger UI, served from our own static files
+("ninja" is an installed app, so its local template is used, never its CDN one).
 """
 
 from __future__ import annotations
@@ -98,9 +99,10 @@ uploaded dataset names it (`user_dataset`, `user_dataset_name`).
 
 **Lists** take `limit` (at most 200) and `offset`, and answer `count`, `limit`, `offset`,
 `items`. The runs list filters as the runs page does: `status`, `dataset`, `algorithm`, `owner`
-(a username, or `me`), `q` (`search` is its old name), `sort`.
+(a username, or `me`), `q` (`search` is its old name), `tag`, `sort`; the experiments list by
+`q`, `tag` and `owner`. PATCH renames an experiment or a run and edits its notes and tags.
 
-The OpenAPI schema is served at /api/openapi.json.
+The OpenAPI schema is served at /api/openapi.json, and read in the browser at /api/docs.
 """
 
 api = NinjaAPI(
@@ -108,7 +110,7 @@ api = NinjaAPI(
     version="1",
     description=DESCRIPTION,
     auth=API_AUTH,
-    docs_url=None,
+    docs_url="/docs",
     parser=StrictJSONParser(),
     renderer=StrictJSONRenderer(),
     urls_namespace="api",

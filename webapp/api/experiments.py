@@ -1,4 +1,4 @@
-"""/api/experiments: create (one queued run per seed), list, read, delete."""
+"""/api/experiments: create (one queued run per seed), list and search, read, label, delete."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from ninja import Path, Query, Router, Status
 
 from webapp.experiments import services
 from webapp.experiments.access import get_experiment_for_user
-from webapp.experiments.filtering import OWNER_ME
+from webapp.experiments.filtering import filter_experiments
 from webapp.experiments.models import Experiment, Run
 
 from .auth import user_of
+from .labels import set_labels_or_422
 from .outputs import experiment_data
 from .schemas import (
     INT32_MAX,
@@ -23,6 +24,7 @@ from .schemas import (
     ExperimentOut,
     ExperimentPage,
     FieldErrors,
+    LabelsIn,
     MessageOut,
     QuotaErrorOut,
     Text,
@@ -74,14 +76,17 @@ def list_experiments(
     owner: Annotated[
         Text | None, Query(max_length=150, description="a username, or `me` for your own")
     ] = None,
+    q: Annotated[
+        Text | None, Query(max_length=200, description="text in the name, description or notes")
+    ] = None,
+    tag: Annotated[Text | None, Query(max_length=100, description="one of its tags")] = None,
     limit: Annotated[int, Query(ge=1, le=PAGE_LIMIT_MAX)] = 50,
     offset: Annotated[int, Query(ge=0, le=INT32_MAX)] = 0,
 ):
-    experiments = Experiment.objects.all()
-    if owner == OWNER_ME:  # as the runs list and the runs page
-        experiments = experiments.filter(owner=user_of(request))
-    elif owner:
-        experiments = experiments.filter(owner__username=owner)
+    """The experiments page's search: `q`, `tag`, `owner` (as the runs list: `me` for yours)."""
+    experiments = filter_experiments(
+        q=q or "", tag=tag or "", owner=owner or "", user=user_of(request)
+    )
     count = experiments.count()
     page = _with_runs(experiments)[offset : offset + limit]
     user = user_of(request)
@@ -98,6 +103,19 @@ def get_experiment(request: HttpRequest, experiment_id: ExperimentId):
     experiment = get_experiment_for_user(user_of(request), experiment_id)
     experiment = _with_runs(Experiment.objects).get(pk=experiment.pk)
     return experiment_data(experiment, user_of(request))
+
+
+@router.patch(
+    "/{experiment_id}",
+    response={200: ExperimentOut, 422: ValidationErrorOut},
+    summary="Rename an experiment, edit its notes and tags (owner or staff)",
+)
+def label_experiment(request: HttpRequest, experiment_id: ExperimentId, payload: LabelsIn):
+    user = user_of(request)
+    experiment = get_experiment_for_user(user, experiment_id, for_change=True)
+    set_labels_or_422(experiment, payload)
+    experiment = _with_runs(Experiment.objects).get(pk=experiment.pk)
+    return experiment_data(experiment, user)
 
 
 @router.delete(

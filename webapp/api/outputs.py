@@ -12,8 +12,9 @@ from typing import Any
 
 from webapp.datasets.access import can_change as can_change_dataset
 from webapp.experiments.access import can_change, dataset_shown, visible_config
+from webapp.experiments.models import Run
 from webapp.experiments.presentation import round_fraction, round_metric
-from webapp.experiments.services import can_cancel
+from webapp.experiments.services import can_cancel, can_evaluate_now
 
 
 def _upload(user, experiment) -> dict[str, Any]:
@@ -61,6 +62,20 @@ def run_data(run, user) -> dict[str, Any]:
         **_upload(user, run.experiment),
         "can_change": can_change(user, run),
         "can_cancel": can_cancel(run),
+        "name": run.name,
+        "notes": run.notes,
+        "tags": run.tag_list,
+        "phase": run.phase,
+        "eval_tasks_done": run.eval_tasks_done,
+        "eval_tasks_total": run.eval_tasks_total,
+        "eval_tasks_per_second": run.eval_tasks_per_second,
+        "eval_eta_seconds": run.eval_eta_seconds if run.status == Run.Status.RUNNING else None,
+        "duration_seconds": run.duration_seconds,
+        "iterations_per_second": run.iterations_per_second,
+        "test_loss_before": round_metric(run.test_loss_before),
+        "test_loss_after": round_metric(run.test_loss_after),
+        "can_evaluate_now": can_evaluate_now(run),
+        "has_checkpoint_weights": can_evaluate_now(run) and not run.initialization,
     }
 
 
@@ -90,6 +105,8 @@ def experiment_data(experiment, user) -> dict[str, Any]:
         **_upload(user, experiment),
         "created_at": experiment.created_at,
         "can_change": can_change(user, experiment),
+        "notes": experiment.notes,
+        "tags": experiment.tag_list,
         "runs": [run_data(run, user) for run in runs],
     }
 

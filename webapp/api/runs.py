@@ -1,4 +1,5 @@
-"""/api/runs: list with filters, read, cancel, metric series, evaluations and downloads.
+"""/api/runs: list with filters, read, label, cancel, evaluate now, metric series, evaluations
+and downloads.
 
 Every run is fetched through `webapp.experiments.access` (404 unknown, 403 changing another
 user's run). Any authenticated user may read any run: results are meant to be compared. The
@@ -10,28 +11,34 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from django.http import Http404, HttpRequest
+from django.http import Http404, HttpRequest, HttpResponse
 from ninja import Path, Query, Router, Status
 
+from metatrain.checkpoint import INITIALIZATION_FILE
 from webapp.experiments import metrics_series, services
 from webapp.experiments.access import get_run_for_user, visible_config
-from webapp.experiments.artifacts import download_response
+from webapp.experiments.artifacts import checkpoint_weights, download_name, download_response
+from webapp.experiments.errors import QuotaExceeded
 from webapp.experiments.exports import metrics_csv_response
 from webapp.experiments.filtering import DEFAULT_SORT, SORTS, RunFilters, filter_runs
 from webapp.experiments.models import Run
 
 from .auth import user_of
+from .labels import set_labels_or_422
 from .outputs import evaluation_data, run_data, run_detail_data, series_data
 from .schemas import (
     INT32_MAX,
     PAGE_LIMIT_MAX,
     EvaluationOut,
     FieldErrors,
+    LabelsIn,
     MessageOut,
     MetricsOut,
+    QuotaErrorOut,
     RunDetailOut,
     RunPage,
     Text,
+    ValidationErrorOut,
 )
 
 router = Router()
@@ -55,11 +62,17 @@ def list_runs(
     ] = None,
     q: Annotated[
         Text | None,
-        Query(max_length=200, description="text in the experiment's name or description"),
+        Query(
+            max_length=200,
+            description="text in the run's or experiment's name, description or notes",
+        ),
     ] = None,
     search: Annotated[
         Text | None,
         Query(max_length=200, deprecated=True, description="the old name of `q`"),
+    ] = None,
+    tag: Annotated[
+        Text | None, Query(max_length=100, description="a tag of the run or its experiment")
     ] = None,
     sort: Annotated[SortKey, Query(description="as on the runs page")] = DEFAULT_SORT,
     limit: Annotated[int, Query(ge=1, le=PAGE_LIMIT_MAX)] = 50,
@@ -74,6 +87,7 @@ def list_runs(
         algorithm=algorithm or "",
         owner=owner or "",
         q=(q if q is not None else search) or "",
+        tag=tag or "",
         sort=sort,
     )
     runs = filter_runs(user, filters)
@@ -104,6 +118,40 @@ def cancel_run(request: HttpRequest, run_id: RunId):
     run = get_run_for_user(user, run_id, for_change=True)
     try:
         run = services.cancel_run(run)
+    except services.ServiceError as exc:
+        return Status(409, {"detail": str(exc)})
+    return Status(200, run_detail_data(run, user))
+
+
+@router.patch(
+    "/{run_id}",
+    response={200: RunDetailOut, 422: ValidationErrorOut},
+    summary="Rename a run, edit its notes and tags (owner or staff)",
+)
+def label_run(request: HttpRequest, run_id: RunId, payload: LabelsIn):
+    """Fields left out stay as they are; an empty `name` falls back to the experiment's."""
+    user = user_of(request)
+    run = get_run_for_user(user, run_id, for_change=True)
+    set_labels_or_422(run, payload)
+    return run_detail_data(run, user)
+
+
+@router.post(
+    "/{run_id}/evaluate",
+    response={200: RunDetailOut, 409: MessageOut | QuotaErrorOut},
+    summary="Evaluate a cancelled or failed run's last checkpoint (owner or staff)",
+)
+def evaluate_run(request: HttpRequest, run_id: RunId):
+    """The run is queued again, flagged to skip the training it has left: a worker claims it
+    as any run, evaluates its last checkpoint on the test split (`phase` "evaluating", with
+    progress), stores its initialization, and the run ends succeeded. 409 unless the run is
+    cancelled or failed with a checkpoint (`can_evaluate_now`), or when a quota is full."""
+    user = user_of(request)
+    run = get_run_for_user(user, run_id, for_change=True)
+    try:
+        run = services.evaluate_now(run)
+    except QuotaExceeded:
+        raise
     except services.ServiceError as exc:
         return Status(409, {"detail": str(exc)})
     return Status(200, run_detail_data(run, user))
@@ -181,15 +229,22 @@ def run_evaluations(request: HttpRequest, run_id: RunId):
     },
 )
 def run_initialization(request: HttpRequest, run_id: RunId):
-    """404 until the run has succeeded and written its weights."""
+    """Once the run has succeeded, its trained initialization; for a cancelled or failed run
+    that stopped before (`has_checkpoint_weights`), the weights of its last checkpoint. 404
+    otherwise. Named after the run (run-42-o5w1s-seed0-initialization.safetensors)."""
     run = get_run_for_user(user_of(request), run_id)
+    filename = download_name(run, INITIALIZATION_FILE)
+    if run.status in services.EVALUABLE and run.checkpoint_file and not run.initialization:
+        try:
+            content = checkpoint_weights(run)[INITIALIZATION_FILE]
+        except FileNotFoundError:
+            raise Http404 from None
+        response = HttpResponse(content, content_type="application/octet-stream")
+        response["Content-Disposition"] = f'attachment; filename="{filename}"'
+        return response
     if run.status != Run.Status.SUCCEEDED or not run.initialization:
         raise Http404
-    return download_response(
-        run.initialization,
-        f"run-{run.pk}-initialization.safetensors",
-        "application/octet-stream",
-    )
+    return download_response(run.initialization, filename, "application/octet-stream")
 
 
 @router.get("/{run_id}/config", response=dict, summary="The run's metatrain Config (JSON)")

@@ -160,6 +160,31 @@ class RunOut(Schema):
     )
     can_change: bool = Field(description="whether the caller may cancel or delete it")
     can_cancel: bool = Field(description="whether a cancel would change it (queued, running, lost)")
+    name: str = Field(description="the name its owner gave it (empty: none)")
+    notes: str
+    tags: list[str]
+    phase: str = Field(description="training, or evaluating (the final test evaluation)")
+    eval_tasks_done: int = Field(description="final evaluation tasks done")
+    eval_tasks_total: int = Field(description="final evaluation tasks in all (0 before it)")
+    eval_tasks_per_second: float | None
+    eval_eta_seconds: float | None = Field(
+        description="remaining final evaluation time, while it runs"
+    )
+    duration_seconds: float | None = Field(description="from the first claim to the end (or now)")
+    iterations_per_second: float | None = Field(description="meta-iterations per second")
+    test_loss_before: float | None = Field(
+        description="sine regression: final test loss (MSE) before adaptation"
+    )
+    test_loss_after: float | None = Field(
+        description="sine regression: final test loss (MSE) after adaptation"
+    )
+    can_evaluate_now: bool = Field(
+        description="a cancelled or failed run with a checkpoint: POST .../evaluate applies"
+    )
+    has_checkpoint_weights: bool = Field(
+        description="GET .../initialization serves its last checkpoint's weights (it stopped "
+        "before its final evaluation)"
+    )
 
 
 class RunDetailOut(RunOut):
@@ -192,7 +217,19 @@ class ExperimentOut(Schema):
     )
     created_at: datetime
     can_change: bool
+    notes: str
+    tags: list[str]
     runs: list[RunOut]
+
+
+class LabelsIn(StrictSchema):
+    """Rename, annotate or tag an experiment or a run; a field left out stays as it is."""
+
+    name: Text | None = Field(None, json_schema_extra={"maxLength": 200})
+    notes: Text | None = Field(None, json_schema_extra={"maxLength": 10000})
+    tags: list[Annotated[Text, Field(max_length=100)]] | None = Field(
+        None, max_length=50, description="replaces the tags; lowercased, duplicates dropped"
+    )
 
 
 class DatasetOut(Schema):

@@ -1,8 +1,8 @@
 """The runs list's filters, one function for the runs page and GET /api/runs.
 
 Both doors read the same names: `status`, `dataset`, `algorithm`, `owner` (a username, or
-`me`), `q` (text in the experiment's name or description; the API also still accepts its old
-name, `search`) and `sort`. Each door parses its own query string (the page ignores values it
+`me`), `q` (text in the run's or experiment's name, description or notes; the API also still
+accepts its old name, `search`), `tag` (the run's or its experiment's) and `sort`. Each door parses its own query string (the page ignores values it
 does not know, the API refuses them with a 422) and hands the result to `filter_runs`.
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from django.db.models import F, Q, QuerySet
+from django.db.models import Count, F, Q, QuerySet
 
-from .models import Run
+from .models import Experiment, Run, normalize_tags
 
 # key -> (label, ordering)
 SORTS: dict[str, tuple[str, list]] = {
@@ -36,6 +36,7 @@ class RunFilters:
     algorithm: str = ""
     owner: str = ""
     q: str = ""
+    tag: str = ""
     sort: str = DEFAULT_SORT
 
     @classmethod
@@ -51,7 +52,7 @@ class RunFilters:
     @property
     def active(self) -> bool:
         """Whether anything narrows the list (the sort does not)."""
-        return any((self.status, self.dataset, self.algorithm, self.owner, self.q))
+        return any((self.status, self.dataset, self.algorithm, self.owner, self.q, self.tag))
 
 
 def filter_runs(user, filters: RunFilters, runs: QuerySet[Run] | None = None) -> QuerySet[Run]:
@@ -73,7 +74,41 @@ def filter_runs(user, filters: RunFilters, runs: QuerySet[Run] | None = None) ->
     text = filters.q.strip()
     if text:
         runs = runs.filter(
-            Q(experiment__name__icontains=text) | Q(experiment__description__icontains=text)
+            Q(experiment__name__icontains=text)
+            | Q(experiment__description__icontains=text)
+            | Q(experiment__notes__icontains=text)
+            | Q(name__icontains=text)
+            | Q(notes__icontains=text)
         )
+    tag = tag_lookup(filters.tag)
+    if tag:
+        runs = runs.filter(Q(tags__contains=tag) | Q(experiment__tags__contains=tag))
     sort = filters.sort if filters.sort in SORTS else DEFAULT_SORT
     return runs.order_by(*SORTS[sort][1])
+
+
+def tag_lookup(tag: str) -> str:
+    """The stored form one tag is matched by (",word,"); empty for no tag."""
+    return normalize_tags([tag])
+
+
+def filter_experiments(q: str = "", tag: str = "", owner: str = "", user=None) -> QuerySet:
+    """The experiments list (page and API): text in the name, description or notes, a tag,
+    an owner (`me` for the caller's own); newest first, with owner and run counts loaded."""
+    experiments = Experiment.objects.select_related("owner", "user_dataset").annotate(
+        run_count=Count("runs"),
+        active_runs=Count("runs", filter=Q(runs__status__in=Run.ACTIVE_STATUSES)),
+    )
+    text = q.strip()
+    if text:
+        experiments = experiments.filter(
+            Q(name__icontains=text) | Q(description__icontains=text) | Q(notes__icontains=text)
+        )
+    stored = tag_lookup(tag)
+    if stored:
+        experiments = experiments.filter(tags__contains=stored)
+    if owner == OWNER_ME and user is not None:
+        experiments = experiments.filter(owner=user)
+    elif owner and owner != OWNER_ME:
+        experiments = experiments.filter(owner__username=owner)
+    return experiments.order_by("-created_at", "-id")

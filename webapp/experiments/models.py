@@ -9,6 +9,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 from django.urls import reverse
+from django.utils import timezone
 
 
 class Queue(models.TextChoices):
@@ -17,7 +18,33 @@ class Queue(models.TextChoices):
     ANY = "any", "Any (CPU or GPU)"
 
 
-class Experiment(models.Model):
+def normalize_tags(raw: str | list[str]) -> str:
+    """Tags as stored: lowercase words, each wrapped in commas (",sine,baseline,"), so one
+    `tags__contains=",word,"` lookup filters by a tag on every database."""
+    items = raw.split(",") if isinstance(raw, str) else raw
+    tags: list[str] = []
+    for item in items:
+        tag = " ".join(str(item).split()).lower()
+        if tag and tag not in tags:
+            tags.append(tag)
+    return f",{','.join(tags)}," if tags else ""
+
+
+class Tagged(models.Model):
+    """Editable labels for finding things again: notes and tags (see `normalize_tags`)."""
+
+    notes = models.TextField(blank=True, max_length=10000)
+    tags = models.CharField(max_length=500, blank=True, db_index=True)
+
+    class Meta:
+        abstract = True
+
+    @property
+    def tag_list(self) -> list[str]:
+        return [t for t in self.tags.split(",") if t]
+
+
+class Experiment(Tagged):
     """What a researcher defined in the form: a metatrain config (without its seed) and the
     seeds to run it with. Immutable once its runs exist; "edit" means clone."""
 
@@ -45,7 +72,7 @@ class Experiment(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
-    class Meta:
+    class Meta(Tagged.Meta):
         ordering = ["-created_at", "-id"]
 
     def __str__(self) -> str:
@@ -55,7 +82,7 @@ class Experiment(models.Model):
         return reverse("experiment-detail", args=[self.pk])
 
 
-class Run(models.Model):
+class Run(Tagged):
     """One training run of an experiment with one seed, kept current by the worker.
 
     State machine (DESIGN.md)::
@@ -78,6 +105,10 @@ class Run(models.Model):
         CANCELLED = "cancelled", "Cancelled"
         LOST = "lost", "Lost"
 
+    class Phase(models.TextChoices):
+        TRAINING = "training", "Training"
+        EVALUATING = "evaluating", "Final evaluation"
+
     ACTIVE_STATUSES = (Status.QUEUED, Status.RUNNING)
     FINAL_STATUSES = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
 
@@ -92,6 +123,11 @@ class Run(models.Model):
     )
     status_reason = models.TextField(blank=True, help_text="why it failed, was lost or cancelled")
     cancel_requested = models.BooleanField(default=False)
+    # A name the owner gives the run (the experiment's name and seed otherwise).
+    name = models.CharField(max_length=200, blank=True)
+    # "Evaluate now" on a cancelled or failed run with a checkpoint: the next attempt skips
+    # the remaining training and runs only the final evaluation of the checkpoint's weights.
+    evaluate_only = models.BooleanField(default=False)
 
     # Denormalised from the config so the runs table and leaderboards filter on indexes.
     dataset = models.CharField(max_length=32, db_index=True)
@@ -109,6 +145,11 @@ class Run(models.Model):
     worker = models.CharField(max_length=255, blank=True)
     device = models.CharField(max_length=255, blank=True)
     attempts = models.IntegerField(default=0)
+    # The final evaluation's progress (phase "evaluating"), written with the heartbeat.
+    phase = models.CharField(max_length=12, choices=Phase.choices, default=Phase.TRAINING)
+    eval_tasks_done = models.IntegerField(default=0)
+    eval_tasks_total = models.IntegerField(default=0)
+    eval_tasks_per_second = models.FloatField(null=True, blank=True)
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -125,6 +166,9 @@ class Run(models.Model):
     test_accuracy = models.FloatField(null=True, blank=True)
     test_ci95 = models.FloatField(null=True, blank=True)
     test_tasks = models.IntegerField(null=True, blank=True)
+    # Sine regression has no accuracy: its final test loss before and after adaptation.
+    test_loss_before = models.FloatField(null=True, blank=True)
+    test_loss_after = models.FloatField(null=True, blank=True)
 
     # Files, through the storage API (names carry the attempt that wrote them, so a worker
     # that lost the run can never replace the current ones).
@@ -137,7 +181,7 @@ class Run(models.Model):
         help_text="the last checkpoint in storage (at checkpoint_iteration): where any host resumes",
     )
 
-    class Meta:
+    class Meta(Tagged.Meta):
         ordering = ["-created_at", "-id"]
         indexes = [
             models.Index(fields=["dataset", "split", "ways", "shots", "transductive", "status"]),
@@ -157,6 +201,32 @@ class Run(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status in self.ACTIVE_STATUSES
+
+    @property
+    def display_name(self) -> str:
+        return self.name or f"{self.experiment.name}, seed {self.seed}"
+
+    @property
+    def duration_seconds(self) -> float | None:
+        """Wall time from the first claim to the end (or now, while it runs)."""
+        if self.started_at is None:
+            return None
+        end = self.finished_at or (timezone.now() if self.status == self.Status.RUNNING else None)
+        return None if end is None else max(0.0, (end - self.started_at).total_seconds())
+
+    @property
+    def iterations_per_second(self) -> float | None:
+        if not self.seconds_per_iteration:
+            return None
+        return 1.0 / self.seconds_per_iteration
+
+    @property
+    def eval_eta_seconds(self) -> float | None:
+        """Remaining final-evaluation time from the measured tasks per second."""
+        if self.phase != self.Phase.EVALUATING or not self.eval_tasks_per_second:
+            return None
+        remaining = max(0, self.eval_tasks_total - self.eval_tasks_done)
+        return remaining / self.eval_tasks_per_second
 
     @property
     def progress(self) -> float:

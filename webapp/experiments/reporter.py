@@ -140,6 +140,10 @@ class DbReporter(Reporter):
         self._outage_since: float | None = None
         self._deferred = 0
         self._db_lock = threading.Lock()
+        # The final evaluation (`begin_evaluation`): when it began, its tasks, tasks started.
+        self._eval_started: float | None = None
+        self._eval_total = 0
+        self._eval_polls = 0
 
     # -- the Reporter interface ---------------------------------------------------------------
     def on_start(self, info: dict[str, Any]) -> None:
@@ -149,7 +153,39 @@ class DbReporter(Reporter):
         self.total_iterations = int(info.get("total_iterations", self.total_iterations))
         self.iteration = start
         self._db(lambda: self._fenced(lambda: self._forget_after(start)))
-        self.write_progress(checkpoint_iteration=start)
+        self.write_progress(
+            checkpoint_iteration=start,
+            phase=Run.Phase.TRAINING,
+            eval_tasks_done=0,
+            eval_tasks_total=0,
+            eval_tasks_per_second=None,
+        )
+
+    # -- the final evaluation ----------------------------------------------------------------
+    def begin_evaluation(self, total_tasks: int) -> None:
+        """The final evaluation starts: the run's phase becomes "evaluating" and from now on
+        its progress counts evaluation tasks (written with the heartbeat, fenced)."""
+        self._eval_started = self.clock()
+        self._eval_total = int(total_tasks)
+        self._eval_polls = 0
+        self.write_progress()
+
+    @property
+    def eval_tasks_done(self) -> int:
+        # The loop polls `should_stop` before each task: the task being run is not done yet.
+        return max(0, min(self._eval_total, self._eval_polls - 1))
+
+    def _evaluation_progress(self) -> dict[str, Any]:
+        if self._eval_started is None:
+            return {}
+        elapsed = self.clock() - self._eval_started
+        done = self.eval_tasks_done
+        return {
+            "phase": Run.Phase.EVALUATING,
+            "eval_tasks_done": done,
+            "eval_tasks_total": self._eval_total,
+            "eval_tasks_per_second": done / elapsed if done and elapsed > 0 else None,
+        }
 
     def on_iteration(self, iteration: int, metrics: dict[str, float]) -> None:
         self._progress += 1
@@ -238,6 +274,8 @@ class DbReporter(Reporter):
             self.write_progress()
 
     def should_stop(self) -> bool:
+        if self._eval_started is not None:
+            self._eval_polls += 1
         if self.stop_reason is not None:
             return True
         if workers.shutting_down():
@@ -316,6 +354,7 @@ class DbReporter(Reporter):
         values: dict[str, Any] = {
             "iteration": self.iteration,
             "heartbeat_at": timezone.now(),
+            **self._evaluation_progress(),
             **fields,
         }
         if self.total_iterations:

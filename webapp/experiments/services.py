@@ -1,5 +1,6 @@
 """Operations shared by the browser views, the JSON API and the management commands: create an
-experiment, cancel a run, delete an experiment.
+experiment, cancel a run, evaluate a stopped run's checkpoint, label (rename, notes, tags),
+delete an experiment.
 
 Each one validates fully before writing (validation.py: every error at once), checks the user's
 quotas with their row locked (quotas.py), writes in one transaction, and enqueues after
@@ -19,8 +20,8 @@ from webapp.datasets.models import UserDataset
 from . import quotas, run_files
 from .dataset_checks import DB_PK_MAX, check_dataset_fits, get_user_dataset
 from .dispatch import enqueue_on_commit
-from .errors import QuotaExceeded, ServiceError, ValidationFailed
-from .models import Experiment, Queue, Run
+from .errors import ErrorList, QuotaExceeded, ServiceError, ValidationFailed
+from .models import Experiment, Queue, Run, normalize_tags
 from .validation import (
     DB_INT_MAX,
     MAX_DESCRIPTION,
@@ -136,6 +137,95 @@ def request_cancel(run: Run) -> Run:
         Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).update(cancel_requested=True)
     run.refresh_from_db()
     return run
+
+
+# A stopped run whose checkpoint holds trained weights that nothing else will ever evaluate.
+EVALUABLE = (Run.Status.CANCELLED, Run.Status.FAILED)
+
+
+def can_evaluate_now(run: Run) -> bool:
+    """Whether "evaluate now" applies: a cancelled or failed run with a stored checkpoint."""
+    return run.status in EVALUABLE and bool(run.checkpoint_file)
+
+
+@transaction.atomic
+def evaluate_now(run: Run) -> Run:
+    """Queue a cancelled or failed run again, flagged to skip the training it has left: the
+    next worker to claim it (the same claim, the same fencing as any run) evaluates its last
+    checkpoint on the test split and stores its initialization, and the run ends succeeded.
+    Quotas apply as to a new run. ServiceError when the run is not in such a state."""
+    quotas.lock_user(run.experiment.owner)
+    if not can_evaluate_now(run):
+        raise ServiceError(
+            f"Run #{run.pk} is {run.status}: only a cancelled or failed run with a checkpoint "
+            "can be evaluated now."
+        )
+    quotas.check_run_quotas(run.experiment.owner, [Config.from_dict(run.config)])
+    changed = Run.objects.filter(
+        pk=run.pk, status__in=EVALUABLE, checkpoint_file=run.checkpoint_file.name
+    ).update(
+        status=Run.Status.QUEUED,
+        evaluate_only=True,
+        cancel_requested=False,
+        status_reason="queued to evaluate its last checkpoint (training is not resumed)",
+        finished_at=None,
+        dispatched_at=None,
+        dispatch_count=0,
+        phase=Run.Phase.TRAINING,
+        eval_tasks_done=0,
+        eval_tasks_total=0,
+        eval_tasks_per_second=None,
+    )
+    if not changed:
+        raise ServiceError(f"Run #{run.pk} changed meanwhile; reload it and try again.")
+    run.refresh_from_db()
+    enqueue_on_commit([run])
+    return run
+
+
+MAX_TAGS_CHARS = 500
+MAX_NOTES = 10000
+
+
+def set_labels(
+    obj: Experiment | Run,
+    *,
+    name: str | None = None,
+    notes: str | None = None,
+    tags: str | list[str] | None = None,
+) -> Experiment | Run:
+    """Rename, annotate or tag an experiment or a run (None leaves a field as it is; a run's
+    empty name falls back to its experiment's). ValidationFailed lists every bad field."""
+    errors = ErrorList()
+    values: dict[str, str] = {}
+    for field, value in (("name", name), ("notes", notes), ("tags", tags)):
+        texts = [value] if isinstance(value, str) else (value or [])
+        if any("\x00" in text for text in texts):
+            errors.add(field, "NUL characters are not allowed.")
+    if errors:
+        errors.raise_if_any()
+    if name is not None:
+        name = name.strip()
+        if isinstance(obj, Experiment) and not name:
+            errors.add("name", "An experiment needs a name.")
+        elif len(name) > MAX_NAME:
+            errors.add("name", f"At most {MAX_NAME} characters.")
+        values["name"] = name
+    if notes is not None:
+        if len(notes) > MAX_NOTES:
+            errors.add("notes", f"At most {MAX_NOTES:,} characters.")
+        values["notes"] = notes
+    if tags is not None:
+        stored = normalize_tags(tags)
+        if len(stored) > MAX_TAGS_CHARS:
+            errors.add("tags", f"At most {MAX_TAGS_CHARS} characters of tags in all.")
+        values["tags"] = stored
+    errors.raise_if_any()
+    for field, value in values.items():
+        setattr(obj, field, value)
+    if values:
+        obj.save(update_fields=list(values))
+    return obj
 
 
 @transaction.atomic

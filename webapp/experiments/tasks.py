@@ -119,9 +119,13 @@ def _train_claimed(run: Run, attempt: int, hostname: str) -> str:
 
         with reporter.keep_alive(settings.RUN_SILENT_PHASE_SECONDS):
             out_dir = run_files.prepare_attempt(run.pk, attempt, run.checkpoint_file.name)
-            result = metatrain.train(config, str(out_dir), reporter=reporter, compute=compute)
+            if run.evaluate_only:
+                result = _weights_from_checkpoint(run, out_dir)
+            else:
+                result = metatrain.train(config, str(out_dir), reporter=reporter, compute=compute)
         if result.stopped:
             return _stopped(run, attempt, reporter.stop_reason, result.iterations_done)
+        reporter.begin_evaluation(config.final_eval_tasks)
         with reporter.keep_alive(settings.RUN_SILENT_PHASE_SECONDS):
             evaluation = metatrain.evaluate(
                 str(out_dir),
@@ -150,6 +154,10 @@ def _train_claimed(run: Run, attempt: int, hostname: str) -> str:
                 test_accuracy=evaluation.accuracy,
                 test_ci95=evaluation.ci95,
                 test_tasks=evaluation.tasks,
+                test_loss_before=getattr(evaluation, "loss_before", None),
+                test_loss_after=getattr(evaluation, "loss_after", None),
+                eval_tasks_done=evaluation.tasks,
+                evaluate_only=False,
                 **stored,
             )
             if not done:
@@ -169,6 +177,26 @@ def _train_claimed(run: Run, attempt: int, hostname: str) -> str:
             return STOP_LOST
         lifecycle.fail_run(run, attempt, failure_reason(exc))
         return Run.Status.FAILED
+
+
+def _weights_from_checkpoint(run: Run, out_dir):
+    """For "evaluate now": the run's trained weights are its last checkpoint's; training is not
+    resumed. Writes the initialization the evaluation and the downloads read."""
+    import metatrain
+    from metatrain.checkpoint import CHECKPOINT_FILE
+
+    from .artifacts import initialization_from_checkpoint
+
+    checkpoint = out_dir / CHECKPOINT_FILE
+    if not checkpoint.is_file():
+        raise FileNotFoundError("the run's checkpoint is missing from storage")
+    iteration = initialization_from_checkpoint(checkpoint, out_dir)
+    return metatrain.TrainResult(
+        iterations_done=iteration,
+        total_iterations=run.total_iterations,
+        stopped=False,
+        out_dir=str(out_dir),
+    )
 
 
 def local_config(run: Run):

@@ -6,12 +6,17 @@ from .views import compare, experiments, leaderboard, runs, workers
 
 urlpatterns = [
     path("", runs.run_list, name="run-list"),
+    path("runs/live.json", runs.run_list_live, name="run-list-live"),
+    path("experiments/", experiments.experiment_list, name="experiment-list"),
+    path("experiments/<int:pk>/labels/", experiments.experiment_labels, name="experiment-labels"),
     path("experiments/new/", experiments.experiment_new, name="experiment-new"),
     path("experiments/<int:pk>/", experiments.experiment_detail, name="experiment-detail"),
     path("experiments/<int:pk>/clone/", experiments.experiment_clone, name="experiment-clone"),
     path("experiments/<int:pk>/delete/", experiments.experiment_delete, name="experiment-delete"),
     path("runs/<int:pk>/", runs.run_detail, name="run-detail"),
     path("runs/<int:pk>/cancel/", runs.run_cancel, name="run-cancel"),
+    path("runs/<int:pk>/evaluate/", runs.run_evaluate, name="run-evaluate"),
+    path("runs/<int:pk>/labels/", runs.run_labels, name="run-labels"),
     path("runs/<int:pk>/metrics.json", runs.run_metrics, name="run-metrics"),
     path(
         "runs/<int:pk>/download/<str:artifact>",

@@ -256,7 +256,7 @@ def test_the_initialization_is_404_until_the_run_succeeded(api, owner, make_run,
     assert response.status_code == 200
     assert b"".join(response.streaming_content) == b"weights"
     assert response["Content-Type"] == "application/octet-stream"
-    assert f"run-{run.pk}-initialization.safetensors" in response["Content-Disposition"]
+    assert f"run-{run.pk}-o5w1s-seed0-initialization.safetensors" in response["Content-Disposition"]
 
 
 def test_the_initialization_is_404_when_the_file_is_missing(api, owner, make_run, media):

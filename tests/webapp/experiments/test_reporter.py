@@ -486,3 +486,51 @@ def test_keep_alive_stops_stamping_once_the_loop_reports_progress(run):
         Run.objects.filter(pk=run.pk).update(heartbeat_at=None)
         time.sleep(0.3)  # hung
         assert Run.objects.get(pk=run.pk).heartbeat_at is None
+
+
+# -- the final evaluation as its own phase ----------------------------------------------------
+def _evaluate_tasks(reporter: DbReporter, clock: FakeClock, tasks: int, seconds: float) -> None:
+    """What metatrain's evaluation loop does per task: poll should_stop, work, heartbeat."""
+    for _ in range(tasks):
+        reporter.should_stop()
+        clock.now += seconds
+        reporter.heartbeat()
+
+
+def test_the_final_evaluation_is_written_as_its_own_phase_with_progress_and_rate(run, clock):
+    reporter = _reporter(run, clock, heartbeat_seconds=1)
+    reporter.on_start({"start_iteration": 0, "total_iterations": 10})
+    reporter.begin_evaluation(100)
+    run.refresh_from_db()
+    assert (run.phase, run.eval_tasks_done, run.eval_tasks_total) == ("evaluating", 0, 100)
+
+    _evaluate_tasks(reporter, clock, 41, 0.25)  # 4 tasks a second
+    run.refresh_from_db()
+    assert 36 <= run.eval_tasks_done <= 40
+    assert run.eval_tasks_per_second == pytest.approx(4.0, rel=0.1)
+    assert run.eval_eta_seconds == pytest.approx((100 - run.eval_tasks_done) / 4.0, rel=0.1)
+
+
+def test_a_new_attempt_starts_in_the_training_phase_again(run, clock):
+    reporter = _reporter(run, clock)
+    reporter.on_start({"start_iteration": 0, "total_iterations": 10})
+    reporter.begin_evaluation(50)
+    Run.objects.filter(pk=run.pk).update(eval_tasks_done=20)
+
+    _reporter(run, clock).on_start({"start_iteration": 10, "total_iterations": 10})
+
+    run.refresh_from_db()
+    assert (run.phase, run.eval_tasks_done, run.eval_tasks_total) == ("training", 0, 0)
+
+
+def test_a_woken_attempt_writes_no_evaluation_progress(run, clock):
+    paused = _reporter(run, clock, heartbeat_seconds=1)
+    paused.on_start({"start_iteration": 0, "total_iterations": 10})
+    _lose_and_reclaim(run)
+
+    paused.begin_evaluation(100)
+    _evaluate_tasks(paused, clock, 10, 0.5)
+
+    run.refresh_from_db()
+    assert (run.phase, run.eval_tasks_total, run.attempts) == ("training", 0, 2)
+    assert paused.stop_reason == "lost"

@@ -7,6 +7,12 @@ import json
 from django import template
 
 from webapp.experiments import chart_titles
+from webapp.experiments.presentation import (
+    format_duration,
+    format_loss,
+    format_timestamp,
+    format_value,
+)
 
 register = template.Library()
 
@@ -29,3 +35,25 @@ def config_value(value) -> str:
 def validation_chart_title(config: dict) -> str:
     """The periodic evaluation chart's title for a run's config (test or validation classes)."""
     return chart_titles.validation_chart_title(config or {})
+
+
+@register.filter
+def detail_value(value) -> str:
+    """An evaluation detail formatted by its type (presentation.format_value)."""
+    return format_value(value)
+
+
+@register.filter
+def when(value) -> str:
+    """A timestamp with its time zone (presentation.format_timestamp); empty for None."""
+    return format_timestamp(value)
+
+
+@register.filter
+def duration(seconds) -> str:
+    return format_duration(seconds)
+
+
+@register.filter
+def loss(value) -> str:
+    return format_loss(value)

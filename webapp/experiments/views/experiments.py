@@ -1,9 +1,11 @@
-"""Define experiments (new, or cloned from another), show one, delete one."""
+"""Define experiments (new, or cloned from another), list and search them, show one, label
+(rename, notes, tags) or delete one."""
 
 from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
@@ -12,6 +14,7 @@ from webapp.datasets.access import get_usable_dataset
 
 from .. import services
 from ..access import can_change, dataset_shown, get_experiment_for_user, visible_config
+from ..filtering import filter_experiments
 from ..forms import ExperimentForm, config_fields, presets_for_script
 from ..models import Experiment, Run
 
@@ -139,3 +142,44 @@ def experiment_delete(request: HttpRequest, pk: int) -> HttpResponse:
         return redirect(experiment)
     messages.success(request, f"Deleted experiment {name!r} with its runs and files.")
     return redirect("run-list")
+
+
+EXPERIMENTS_PER_PAGE = 25
+
+
+@login_required
+def experiment_list(request: HttpRequest) -> HttpResponse:
+    """Every experiment (all are readable, like runs), searchable by text, tag and owner."""
+    q = (request.GET.get("q") or "").strip()
+    tag = (request.GET.get("tag") or "").strip()
+    owner = (request.GET.get("owner") or "").strip()
+    experiments = filter_experiments(q=q, tag=tag, owner=owner, user=request.user)
+    page = Paginator(experiments, EXPERIMENTS_PER_PAGE).get_page(request.GET.get("page"))
+    context = {
+        "page_obj": page,
+        "experiments": page.object_list,
+        "q": q,
+        "tag": tag,
+        "owner": owner,
+        "filtered": bool(q or tag or owner),
+    }
+    return render(request, "experiments/experiment_list.html", context)
+
+
+@login_required
+@require_POST
+def experiment_labels(request: HttpRequest, pk: int) -> HttpResponse:
+    """Rename an experiment, edit its notes and tags (owner or staff)."""
+    experiment = get_experiment_for_user(request.user, pk, for_change=True)
+    try:
+        services.set_labels(
+            experiment,
+            name=request.POST.get("name", ""),
+            notes=request.POST.get("notes", ""),
+            tags=request.POST.get("tags", ""),
+        )
+    except services.ServiceError as err:
+        messages.error(request, str(err))
+    else:
+        messages.success(request, "Experiment saved.")
+    return redirect(experiment)

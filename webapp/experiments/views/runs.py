@@ -11,6 +11,8 @@ from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
@@ -18,12 +20,12 @@ from metatrain import ALGORITHMS
 
 from .. import exports, metrics_series, services
 from ..access import can_change, dataset_shown, get_run_for_user, visible_config
-from ..artifacts import download_response
+from ..artifacts import checkpoint_weights, config_download, download_name, download_response
 from ..dispatch import queue_name, queue_served
 from ..filtering import SORTS, RunFilters, filter_runs
 from ..forms import config_fields
 from ..models import Run
-from ..presentation import round_fraction
+from ..presentation import format_duration, format_timestamp, round_fraction
 
 RUNS_PER_PAGE = 25
 POLL_MS = 3000  # how often a live run page asks for new points
@@ -52,33 +54,23 @@ def is_unresponsive(run: Run, now=None) -> bool:
 
 
 def eta_seconds(run: Run) -> float | None:
-    """Remaining training time from the measured seconds per meta-iteration (None if unknown)."""
+    """Remaining training time from the measured seconds per meta-iteration (None if unknown,
+    and during the final evaluation, which has its own: `Run.eval_eta_seconds`)."""
     if run.status != Run.Status.RUNNING or not run.seconds_per_iteration:
+        return None
+    if run.phase == Run.Phase.EVALUATING:
         return None
     remaining = max(0, run.total_iterations - run.iteration)
     return remaining * run.seconds_per_iteration
 
 
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes} min {seconds:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours} h {minutes:02d} min"
-    days, hours = divmod(hours, 24)
-    return f"{days} d {hours} h"
-
-
-def run_state(run: Run) -> dict:
-    """What the live page shows about a run's progress, for the template and the JSON feed."""
+def run_state(run: Run, *, evaluations: bool = False) -> dict:
+    """What the live page shows about a run's progress, for the template and the JSON feed;
+    with `evaluations`, the Evaluations table's rows as HTML (the live page replaces them)."""
     eta = eta_seconds(run)
-    return {
+    evaluating = run.status == Run.Status.RUNNING and run.phase == Run.Phase.EVALUATING
+    eval_eta = run.eval_eta_seconds if evaluating else None
+    state = {
         "id": run.pk,
         "status": run.status,
         "status_display": run.get_status_display(),
@@ -92,8 +84,21 @@ def run_state(run: Run) -> dict:
         "seconds_per_iteration": run.seconds_per_iteration,
         "eta_seconds": eta,
         "eta_display": format_duration(eta),
+        "phase": run.phase,
+        "evaluating": evaluating,
+        "eval_tasks_done": run.eval_tasks_done,
+        "eval_tasks_total": run.eval_tasks_total,
+        "eval_percent": (
+            round(100 * run.eval_tasks_done / run.eval_tasks_total, 1)
+            if run.eval_tasks_total
+            else 0.0
+        ),
+        "eval_tasks_per_second": run.eval_tasks_per_second,
+        "eval_eta_seconds": eval_eta,
+        "eval_eta_display": format_duration(eval_eta),
         "unresponsive": is_unresponsive(run),
         "heartbeat_at": run.heartbeat_at.isoformat() if run.heartbeat_at else None,
+        "heartbeat_display": format_timestamp(run.heartbeat_at) or "—",
         "worker": run.worker,
         "device": run.device,
         "test_accuracy": round_fraction(run.test_accuracy),
@@ -101,6 +106,13 @@ def run_state(run: Run) -> dict:
         "can_cancel": services.can_cancel(run),
         "waiting_for": waiting_for(run),
     }
+    if evaluations:
+        rows = list(run.evaluations.all())
+        state["evaluations_count"] = len(rows)
+        state["evaluations_html"] = render_to_string(
+            "experiments/_evaluation_rows.html", {"evaluations": rows}
+        )
+    return state
 
 
 def waiting_for(run: Run) -> str:
@@ -141,8 +153,39 @@ def run_list(request: HttpRequest) -> HttpResponse:
         "owners": list(owners),
         "sorts": [(key, label) for key, (label, _) in SORTS.items()],
         "filtered": filters.active,
+        "live_ids": [run.pk for run in page.object_list if run.is_active],
+        "poll_ms": POLL_MS,
     }
     return render(request, "experiments/run_list.html", context)
+
+
+MAX_LIVE_IDS = RUNS_PER_PAGE
+
+
+@login_required
+@require_GET
+def run_list_live(request: HttpRequest) -> JsonResponse:
+    """The runs page's live cells (status, progress, duration, speed, result) of the runs
+    in `ids` (comma-separated, at most a page), rendered by the same templates as the page;
+    `active` says which of them may still change."""
+    try:
+        ids = [int(x) for x in request.GET.get("ids", "").split(",") if x.strip()]
+    except ValueError:
+        return JsonResponse({"error": "ids must be comma-separated run numbers"}, status=400)
+    if len(ids) > MAX_LIVE_IDS or any(not 0 < i < 2**63 for i in ids):
+        return JsonResponse(
+            {"error": f"ids: at most {MAX_LIVE_IDS} run numbers, each 1 or more"}, status=400
+        )
+    runs = filter_runs(request.user, RunFilters(), Run.objects.filter(pk__in=ids))
+    data = {
+        str(run.pk): {
+            "status": render_to_string("experiments/_status.html", {"run": run}),
+            "cells": render_to_string("experiments/_run_live_cells.html", {"run": run}),
+            "active": run.is_active,
+        }
+        for run in runs
+    }
+    return JsonResponse({"runs": data})
 
 
 def _config_rows(config: dict) -> list[tuple[str, object]]:
@@ -163,7 +206,10 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "attempts": run.attempt_log.all(),
         "evaluations": run.evaluations.all(),
         "artifacts_ready": _artifacts_ready(run),
-        "load_snippet": LOAD_SNIPPET,
+        "checkpoint_weights": _checkpoint_weights_offered(run),
+        "can_evaluate_now": services.can_evaluate_now(run),
+        "labels_url": reverse("run-labels", args=[run.pk]),
+        "load_snippet": load_snippet(run),
         "poll_ms": POLL_MS,
     }
     return render(request, "experiments/run_detail.html", context)
@@ -188,7 +234,7 @@ def run_metrics(request: HttpRequest, pk: int) -> JsonResponse:
         return JsonResponse({"error": "after_step must be an integer"}, status=400)
     names_param = request.GET.get("names", "")
     names = [n for n in names_param.split(",") if n] or None
-    state = run_state(run)
+    state = run_state(run, evaluations=True)
     data = metrics_series.series(run, names=names, after_step=after_step)
     return JsonResponse({"run": state, "series": data})
 
@@ -216,19 +262,97 @@ def _artifacts_ready(run: Run) -> bool:
     return run.status == Run.Status.SUCCEEDED and bool(run.initialization)
 
 
+def load_snippet(run: Run) -> str:
+    """The loader snippet with this run's download names (run-42-o5w1s-seed0-config.json...)."""
+    return LOAD_SNIPPET.replace(
+        'open("config.json")', f'open("{download_name(run, "config.json")}")'
+    ).replace(
+        'load_file("initialization.safetensors")',
+        f'load_file("{download_name(run, "initialization.safetensors")}")',
+    )
+
+
+def _checkpoint_weights_offered(run: Run) -> bool:
+    """A cancelled or failed run's checkpoint holds trained weights worth downloading."""
+    return run.status in services.EVALUABLE and bool(run.checkpoint_file)
+
+
 @login_required
 @require_GET
 def run_download(request: HttpRequest, pk: int, artifact: str) -> HttpResponse:
-    """A run's trained initialization or its config.json (only once it succeeded), or its
-    metric points as CSV (any time: a partial run's curves are still worth having)."""
+    """A run's trained initialization or its config.json (once it succeeded; for a cancelled
+    or failed run, taken from its last checkpoint), or its metric points as CSV (any time: a
+    partial run's curves are still worth having). Files are named after the run
+    (`artifacts.download_name`); config.json records the run and its results."""
     run = get_run_for_user(request.user, pk)
     if artifact == "metrics.csv":
         return exports.metrics_csv_response(run)
     field_name = ARTIFACTS.get(artifact)
     if field_name is None:
         raise Http404("No such download.")
+    filename = download_name(run, artifact)
+    if _checkpoint_weights_offered(run) and not run.initialization:
+        try:
+            files = checkpoint_weights(run)
+        except FileNotFoundError:
+            raise Http404("The run's checkpoint is missing from storage.") from None
+        return _attachment(run, artifact, files[artifact], filename)
     stored = getattr(run, field_name)
     if run.status != Run.Status.SUCCEEDED or not stored:
         raise Http404("This run has no such file yet: downloads appear when it succeeds.")
-    content_type = "application/json" if artifact == "config.json" else "application/octet-stream"
-    return download_response(stored, artifact, content_type)
+    if artifact == "config.json":
+        try:
+            with stored.open("rb") as fh:
+                content = fh.read()
+        except FileNotFoundError:
+            raise Http404("The file is missing from storage.") from None
+        return _attachment(run, artifact, content, filename)
+    return download_response(stored, filename, "application/octet-stream")
+
+
+def _attachment(run: Run, artifact: str, content: bytes, filename: str) -> HttpResponse:
+    if artifact == "config.json":
+        content = config_download(run, content)
+        content_type = "application/json"
+    else:
+        content_type = "application/octet-stream"
+    response = HttpResponse(content, content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+@login_required
+@require_POST
+def run_evaluate(request: HttpRequest, pk: int) -> HttpResponse:
+    """ "Evaluate now": the same rule as POST /api/runs/{id}/evaluate (services.evaluate_now)."""
+    run = get_run_for_user(request.user, pk, for_change=True)
+    try:
+        run = services.evaluate_now(run)
+    except services.ServiceError as err:
+        messages.error(request, str(err))
+        return redirect(run)
+    messages.success(
+        request,
+        f"Run #{run.pk} is queued to evaluate its checkpoint (iteration "
+        f"{run.checkpoint_iteration}); training is not resumed.",
+    )
+    return redirect(run)
+
+
+@login_required
+@require_POST
+def run_labels(request: HttpRequest, pk: int) -> HttpResponse:
+    """Rename a run, edit its notes and tags (owner or staff)."""
+    run = get_run_for_user(request.user, pk, for_change=True)
+    try:
+        services.set_labels(
+            run,
+            name=request.POST.get("name", ""),
+            notes=request.POST.get("notes", ""),
+            tags=request.POST.get("tags", ""),
+        )
+    except services.ServiceError as err:
+        messages.error(request, str(err))
+    else:
+        messages.success(request, f"Run #{run.pk} saved.")
+    return redirect(run)

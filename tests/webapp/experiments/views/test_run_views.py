@@ -359,8 +359,14 @@ def test_a_succeeded_runs_initialization_downloads_for_anyone_logged_in(
 
     assert weights.status_code == 200
     assert b"".join(weights.streaming_content) == b"weights"
-    assert 'filename="initialization.safetensors"' in weights["Content-Disposition"]
-    assert json.loads(b"".join(config.streaming_content)) == {"model": "sine_mlp"}
+    name = f"run-{run.pk}-o5w1s-seed{run.seed}"
+    assert f'filename="{name}-initialization.safetensors"' in weights["Content-Disposition"]
+    assert f'filename="{name}-config.json"' in config["Content-Disposition"]
+    doc = json.loads(config.content)
+    assert doc["model"] == "sine_mlp"
+    assert doc["run"]["id"] == run.pk
+    assert doc["run"]["test_accuracy"] == run.test_accuracy
+    assert "code_version" in doc
 
 
 def test_a_succeeded_run_without_its_file_is_404(client, owner, make_run, media):

@@ -34,7 +34,8 @@ def _config(name: str, **overrides) -> dict:
 
 
 def demo_experiments() -> list[dict]:
-    """The demo experiments: a sine run that finishes in about a minute on a laptop CPU, and,
+    """The demo experiments: a sine run that shows real adaptation in about a minute and a
+    half on one laptop CPU core (test loss from about 4.4 before to 0.2 after), and,
     when the Omniglot data is there, a short 5-way 1-shot Reptile run (a few minutes)."""
     experiments = [
         {
@@ -42,13 +43,13 @@ def demo_experiments() -> list[dict]:
             "preset": "sine",
             "description": "The paper's section 4 toy problem: learn an initialization that "
             "fits a new sine wave from 10 points in a few gradient steps.",
+            # The preset's full 30,000 meta-iterations (about 75 s on one CPU core): 2,000 were
+            # too few for the adapted loss to improve on the unadapted one.
             "config": _config(
                 "sine",
-                meta_iters=2000,
-                validation_interval=250,
-                validation_tasks=20,
-                checkpoint_interval=500,
-                final_eval_tasks=100,
+                validation_interval=1000,
+                validation_tasks=50,
+                checkpoint_interval=3000,
             ),
             "seeds": [0],
         }

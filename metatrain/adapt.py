@@ -93,10 +93,8 @@ def classify(
     finally:
         learner.close()
     with torch.no_grad():
-        if config.transductive:
-            logits = model(query_x)
-        else:
-            logits = predict_each(model, support_x, query_x)
+        transductive = config.transductive
+        logits = model(query_x) if transductive else predict_each(model, support_x, query_x)
         return torch.softmax(logits[:, :ways], dim=1)
 
 

@@ -25,11 +25,13 @@ from .schemas import INT32_MAX, FieldErrors, MessageOut, StrictSchema
 
 router = Router()
 
+# No maxLength in the schema: the image's size limit is checked with its other faults (422,
+# naming the image), and a body over the server's limit is refused whole (413).
 ImageText = Annotated[
     str,
     Field(
-        max_length=tryit.MAX_IMAGE_BYTES * 4 // 3 + 64,
-        description="a PNG or JPEG, base64 (a data:image/...;base64, URL or the bare text)",
+        description=f"a PNG or JPEG, base64 (a data:image/...;base64, URL or the bare text), "
+        f"at most {tryit.MAX_IMAGE_BYTES // 1024} KB and {tryit.MAX_IMAGE_SIDE} pixels a side"
     ),
 ]
 

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from django.core.files.storage import default_storage
 from PIL import Image, UnidentifiedImageError
+from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
 from metatrain import adapt
@@ -81,7 +82,10 @@ def check_tryable(run: Run, kind: str) -> Config:
         raise NotTryable("Only a succeeded run with a trained initialization can be tried.")
     if run.dataset != kind:
         raise NotTryable(f"This is a {run.dataset} run, not a {kind} run.")
-    return Config.from_dict(run.config)
+    try:
+        return Config.from_dict(run.config)
+    except (ConfigError, TypeError, ValueError):
+        raise NotTryable("The run's config cannot be read by this version.") from None
 
 
 # --- the initialization, cached per process ----------------------------------------------------
@@ -104,7 +108,13 @@ def _networks(run: Run, config: Config) -> tuple[torch.nn.Module, torch.nn.Modul
         weights = stored_weights(run.initialization.name)
     except FileNotFoundError:
         raise NotTryable("The initialization is missing from storage.") from None
-    return adapt.network(config, weights, seed=run.seed), adapt.network(config, seed=run.seed)
+    except (SafetensorError, ValueError):
+        raise NotTryable("The stored initialization cannot be read.") from None
+    try:
+        trained = adapt.network(config, weights, seed=run.seed)
+    except RuntimeError:  # load_state_dict: not this config's network
+        raise NotTryable("The stored initialization does not fit the run's network.") from None
+    return trained, adapt.network(config, seed=run.seed)
 
 
 # --- how many at once ------------------------------------------------------------------------

@@ -175,3 +175,12 @@ def test_the_run_page_offers_the_panel_of_its_kind(client, owner, make_run, medi
     assert 'id="tryit-omniglot"' in omniglot_page and 'data-ways="5"' in omniglot_page
     for run in (queued, no_weights):
         assert "tryit" not in client.get(f"/runs/{run.pk}/").content.decode()
+
+
+def test_a_damaged_or_foreign_initialization_cannot_be_tried(owner, make_run, media):
+    damaged = make_run(owner)
+    damaged.initialization.save("initialization.safetensors", ContentFile(b"weights"))
+    foreign = store_weights(make_run(owner))  # a state dict of another network
+    for run, reason in ((damaged, "cannot be read"), (foreign, "does not fit")):
+        with pytest.raises(tryit.NotTryable, match=reason):
+            tryit._networks(run, tryit.check_tryable(run, "omniglot"))

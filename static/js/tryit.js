@@ -139,6 +139,11 @@
       var body = { x: points.map(function (p) { return p.x; }), y: points.map(function (p) { return p.y; }) };
       call(section, "POST", section.dataset.tryUrl, body).then(function (answer) {
         if (ticket !== pending) return; // a newer change is on its way
+        if (answer.status === 429) {
+          // The previous change's adaptation still holds this user's slot: ask again shortly.
+          setTimeout(function () { if (ticket === pending) fit(); }, 400);
+          return;
+        }
         if (!answer.ok) {
           status.textContent = "";
           showErrors(errors, refusal(answer, function (f) { return f; }));

@@ -224,3 +224,20 @@ def test_a_random_task_needs_the_omniglot_images(api, omniglot_run, monkeypatch,
     bad = api.get(f"{URL}/{omniglot_run.pk}/try/omniglot/task?ways=9&shots=11")
     assert bad.status_code == 422
     assert {e["field"] for e in bad.json()["detail"]} == {"ways", "shots"}
+
+
+def test_trying_changes_nothing_stored(api, omniglot_run, post_json):
+    """The try POSTs compute an answer: no row or file is written (so anyone may call them)."""
+    from webapp.experiments.models import Experiment, Run
+
+    def state():
+        row = Run.objects.filter(pk=omniglot_run.pk).values().get()
+        return (Experiment.objects.count(), Run.objects.count(), row)
+
+    before = state()
+    files = sorted(p.name for p in Path(omniglot_run.initialization.path).parent.iterdir())
+
+    assert post_json(api, f"{URL}/{omniglot_run.pk}/try/omniglot", task_body()).status_code == 200
+
+    assert state() == before
+    assert sorted(p.name for p in Path(omniglot_run.initialization.path).parent.iterdir()) == files

@@ -26,7 +26,7 @@ from webapp.experiments.errors import QuotaExceeded, ServiceError, ValidationFai
 from webapp.experiments.services import ConfigError
 from webapp.outage import outage_response
 
-from . import datasets, experiments, leaderboard, presets, runs
+from . import datasets, experiments, leaderboard, presets, runs, tryit
 from .auth import API_AUTH
 from .schemas import ExperimentIn, FieldErrors
 
@@ -118,6 +118,7 @@ api = NinjaAPI(
 api.add_router("/presets", presets.router, tags=["presets"])
 api.add_router("/experiments", experiments.router, tags=["experiments"])
 api.add_router("/runs", runs.router, tags=["runs"])
+api.add_router("/runs", tryit.router, tags=["try it"])
 api.add_router("/leaderboard", leaderboard.router, tags=["leaderboard"])
 api.add_router("/datasets", datasets.router, tags=["datasets"])
 

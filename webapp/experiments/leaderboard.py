@@ -1,9 +1,16 @@
-"""Leaderboards: one per benchmark, ranking succeeded runs by their final test accuracy.
+"""Leaderboards: one per benchmark, ranking configurations by their mean final test accuracy
+over seeds.
 
-A benchmark is (dataset, split, ways, shots, transductive). Each board also carries the Reptile
-paper's published number for that benchmark as a reference row, so a run can be read against it.
-Rows are read from the per-run summary (`Run.test_accuracy`, `test_ci95`, `test_tasks`), never
-from metric points.
+A benchmark is (dataset, split, ways, shots, transductive). A row is one configuration (the
+runs sharing `Run.group_hash`: the config without its seed): the mean of its succeeded seeds'
+test accuracies, a 95% confidence interval across seeds (Student's t; none for one seed), the
+seeds behind it and the meta-iterations trained. Rows are grouped in SQL from the per-run
+summary (`Run.test_accuracy`, `iteration`), never from metric points and never one Python
+object per run; only the rows shown load their runs.
+
+Each board also carries the Reptile paper's published number as a reference row. Its ± is the
+paper's, and the paper does not say what it is: with 10,000 test tasks a 95% CI over tasks of
+an accuracy near 95% would be about ±0.4 points, not ±0.09, so it is not labelled a 95% CI.
 
 Units: accuracies and confidence half-widths are fractions in 0..1 everywhere in code and in the
 API; `Row.accuracy_percent` / `ci95_percent` are for display only.
@@ -16,8 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import NamedTuple
 
+from django.db.models import Count, F, Max, Min, Sum
+
+from metatrain import PRESETS
 from metatrain.algorithms import ALGORITHMS
 
+from .aggregate import CI_METHOD, from_moments
 from .models import Run
 
 PAPER = "Reptile paper (Nichol et al., arXiv:1803.02999 v3)"
@@ -97,18 +108,45 @@ for (_dataset, _split, _ways, _shots), _pair in _PAPER_PERCENT.items():
         )
 
 
+# What the paper's ± means is not stated (see the module's docstring): say so wherever it is shown.
+REFERENCE_PM = (
+    "± as published; the paper does not say what it is (per-task arithmetic says it cannot be a "
+    "95% CI over its 10,000 test tasks)"
+)
+SINGLE_SEED = "one seed: no interval across seeds"
+# Rows shown per board (ranked first); the rest are counted. The API may ask for up to MAX_ROWS.
+DEFAULT_ROWS = 50
+MAX_ROWS = 500
+
+# Meta-iterations the paper trained each benchmark for (its presets): fewer is "partial".
+PAPER_META_ITERS: dict[tuple[str, int, int], int] = {
+    (p["dataset"], p["ways"], p["shots"]): p["meta_iters"]
+    for p in PRESETS.values()
+    if p.get("dataset") in ("omniglot", "imagefolder")
+}
+
+
 @dataclass
 class Row:
-    """One line of a board. `run` is None for the paper's reference row."""
+    """One line of a board: a configuration's seeds, or (`is_reference`) the paper's number."""
 
-    run: Run | None
-    accuracy: float  # fraction 0..1
-    ci95: float | None  # half-width of the 95% interval, fraction
-    tasks: int | None
+    accuracy: float  # fraction 0..1: the mean over seeds
+    ci95: float | None  # half-width: across seeds (Student's t), or the paper's published ±
+    seeds: int = 0
+    iterations: int = 0  # meta-iterations trained (the most any of its seeds reached)
+    std: float | None = None
+    group_hash: str = ""
     is_reference: bool = False
+    partial: bool = False  # trained fewer meta-iterations than the paper for this benchmark
+    paper_iterations: int | None = None
     label: str = ""
+    experiment_id: int | None = None
+    owner: str | None = None
+    algorithm: str | None = None
+    first_run_id: int = 0
+    runs: list[Run] = field(default_factory=list)  # the seeds, for the rows shown
     rank: int = 0
-    tied_with_leader: bool = False  # this row's 95% interval overlaps the leader's
+    tied_with_leader: bool = False  # this row's interval overlaps the leader's
 
     @property
     def accuracy_percent(self) -> float:
@@ -118,15 +156,25 @@ class Row:
     def ci95_percent(self) -> float | None:
         return None if self.ci95 is None else self.ci95 * 100
 
+    @property
+    def ci_method(self) -> str:
+        """What this row's ± is."""
+        if self.is_reference:
+            return REFERENCE_PM
+        return CI_METHOD if self.ci95 is not None else SINGLE_SEED
+
     def overlaps(self, other: Row) -> bool:
-        """Whether the two 95% intervals overlap (a missing CI counts as zero width)."""
+        """Whether the two intervals overlap (a missing one counts as zero width)."""
         return abs(self.accuracy - other.accuracy) <= (self.ci95 or 0.0) + (other.ci95 or 0.0)
 
 
 @dataclass
 class Board:
     benchmark: Benchmark
-    rows: list[Row] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)  # ranked; the first `shown` configurations
+    configurations: int = 0  # all of them, shown or not
+    runs_count: int = 0  # their seeds, all together
+    hidden: int = 0  # configurations ranked below the rows shown
 
     @property
     def key(self) -> str:
@@ -136,17 +184,12 @@ class Board:
     def title(self) -> str:
         return self.benchmark.title
 
-    @property
-    def runs_count(self) -> int:
-        return sum(1 for row in self.rows if not row.is_reference)
-
 
 class BoardNotFound(LookupError):
     """No such benchmark: neither a run nor a paper result for it."""
 
 
-def _image_split(config: dict) -> str:
-    data_dir = config.get("data_dir")
+def _image_split(data_dir: object) -> str:
     if not data_dir or PurePath(str(data_dir)).name.lower() in MINIIMAGENET_FOLDERS:
         return "miniimagenet"
     return CUSTOM_IMAGES
@@ -157,7 +200,7 @@ def benchmark_of(run: Run) -> Benchmark | None:
     if run.ways is None or run.shots is None or run.dataset == "sine":
         return None
     is_images = run.dataset == "imagefolder"
-    split = _image_split(run.config or {}) if is_images else (run.split or "none")
+    split = _image_split((run.config or {}).get("data_dir")) if is_images else (run.split or "none")
     return Benchmark(run.dataset, split, run.ways, run.shots, bool(run.transductive))
 
 
@@ -168,16 +211,10 @@ def algorithm_label(name: str) -> str:
     return algorithm.label if algorithm is not None else name
 
 
-def _run_label(run: Run) -> str:
-    return f"{run.experiment.name} (seed {run.seed}, {algorithm_label(run.algorithm)})"
-
-
 def rank_rows(rows: list[Row]) -> list[Row]:
     """Sort by accuracy (desc), give equal accuracies the same rank ("1, 2, 2, 4"), and flag the
     rows whose interval overlaps the leader's: the leader is not significantly ahead of them."""
-    rows = sorted(
-        rows, key=lambda r: (-r.accuracy, r.is_reference, r.run.pk if r.run is not None else 0)
-    )
+    rows = sorted(rows, key=lambda r: (-r.accuracy, r.is_reference, r.first_run_id))
     for i, row in enumerate(rows):
         if i > 0 and row.accuracy == rows[i - 1].accuracy:
             row.rank = rows[i - 1].rank
@@ -188,11 +225,8 @@ def rank_rows(rows: list[Row]) -> list[Row]:
 
 
 def _finished_runs():
-    return (
-        Run.objects.filter(status=Run.Status.SUCCEEDED, test_accuracy__isnull=False)
-        .exclude(dataset="sine")
-        .select_related("experiment__owner")
-        .order_by("id")
+    return Run.objects.filter(status=Run.Status.SUCCEEDED, test_accuracy__isnull=False).exclude(
+        dataset="sine"
     )
 
 
@@ -200,35 +234,109 @@ def _reference_row(benchmark: Benchmark) -> Row | None:
     paper = PAPER_RESULTS.get(benchmark)
     if paper is None:
         return None
-    return Row(
-        run=None, accuracy=paper[0], ci95=paper[1], tasks=None, is_reference=True, label=PAPER
-    )
+    return Row(accuracy=paper[0], ci95=paper[1], is_reference=True, label=PAPER)
 
 
-def _build(runs_by_benchmark: dict[Benchmark, list[Run]], benchmark: Benchmark) -> Board:
-    rows = [
-        Row(
-            run=run,
-            accuracy=run.test_accuracy,
-            ci95=run.test_ci95,
-            tasks=run.test_tasks,
-            label=_run_label(run),
+_GROUP = ("dataset", "split", "ways", "shots", "transductive", "group_hash")
+
+
+def _grouped(runs) -> dict[Benchmark, list[Row]]:
+    """One row per (benchmark columns, group hash), aggregated by the database."""
+    groups = list(
+        runs.values(*_GROUP)
+        .annotate(
+            n=Count("id"),
+            total=Sum("test_accuracy"),
+            total_sq=Sum(F("test_accuracy") * F("test_accuracy")),
+            iterations=Max("iteration"),
+            first_run=Min("id"),
         )
-        for run in runs_by_benchmark.get(benchmark, [])
-    ]
+        .order_by()
+    )
+    # An image-folder run's benchmark depends on its folder's name (data_dir, in its config).
+    image_firsts = [g["first_run"] for g in groups if g["dataset"] == "imagefolder"]
+    folders = dict(Run.objects.filter(pk__in=image_firsts).values_list("pk", "config__data_dir"))
+    by_benchmark: dict[Benchmark, list[Row]] = {}
+    for g in groups:
+        if g["ways"] is None or g["shots"] is None:
+            continue
+        if g["dataset"] == "imagefolder":
+            split = _image_split(folders.get(g["first_run"]))
+        else:
+            split = g["split"] or "none"
+        benchmark = Benchmark(g["dataset"], split, g["ways"], g["shots"], bool(g["transductive"]))
+        stats = from_moments(g["n"], g["total"], g["total_sq"])
+        assert stats is not None  # n >= 1: every group has a run
+        paper_iters = PAPER_META_ITERS.get((g["dataset"], g["ways"], g["shots"]))
+        by_benchmark.setdefault(benchmark, []).append(
+            Row(
+                accuracy=stats.mean,
+                ci95=stats.ci95,
+                std=stats.std,
+                seeds=stats.n,
+                iterations=g["iterations"] or 0,
+                group_hash=g["group_hash"],
+                partial=paper_iters is not None and (g["iterations"] or 0) < paper_iters,
+                paper_iterations=paper_iters,
+                first_run_id=g["first_run"],
+            )
+        )
+    return by_benchmark
+
+
+def _fill(boards: list[Board]) -> None:
+    """Labels and per-seed runs of the rows shown, two queries for all boards."""
+    shown = [row for b in boards for row in b.rows if not row.is_reference]
+    if not shown:
+        return
+    firsts = {
+        run.pk: run
+        for run in Run.objects.filter(pk__in=[r.first_run_id for r in shown]).select_related(
+            "experiment__owner"
+        )
+    }
+    seeds: dict[str, list[Run]] = {}
+    for run in (
+        _finished_runs()
+        .filter(group_hash__in={r.group_hash for r in shown})
+        .only(*_GROUP, "seed", "test_accuracy", "test_ci95", "iteration", "experiment_id")
+        .order_by("seed", "id")
+    ):
+        seeds.setdefault(run.group_hash, []).append(run)
+    for board in boards:
+        b = board.benchmark
+        for row in board.rows:
+            first = firsts.get(row.first_run_id)
+            if row.is_reference or first is None:
+                continue
+            row.label = f"{first.experiment.name} ({algorithm_label(first.algorithm)})"
+            row.experiment_id = first.experiment_id
+            row.owner = first.experiment.owner.get_username()
+            row.algorithm = first.algorithm
+            row.runs = [
+                run
+                for run in seeds.get(row.group_hash, [])
+                if (run.dataset, run.ways, run.shots, bool(run.transductive))
+                == (b.dataset, b.ways, b.shots, b.transductive)
+                and (b.dataset == "imagefolder" or (run.split or "none") == b.split)
+            ]
+
+
+def _build(rows: list[Row], benchmark: Benchmark, limit: int) -> Board:
     reference = _reference_row(benchmark)
-    if reference is not None:
-        rows.append(reference)
-    return Board(benchmark=benchmark, rows=rank_rows(rows))
-
-
-def _group(runs) -> dict[Benchmark, list[Run]]:
-    grouped: dict[Benchmark, list[Run]] = {}
-    for run in runs:
-        benchmark = benchmark_of(run)
-        if benchmark is not None:
-            grouped.setdefault(benchmark, []).append(run)
-    return grouped
+    ranked = rank_rows([*rows, *([reference] if reference else [])])
+    shown, kept = [], 0
+    for row in ranked:
+        if row.is_reference or kept < limit:
+            shown.append(row)
+            kept += not row.is_reference
+    return Board(
+        benchmark=benchmark,
+        rows=shown,
+        configurations=len(rows),
+        runs_count=sum(r.seeds for r in rows),
+        hidden=len(rows) - kept,
+    )
 
 
 def _order(benchmark: Benchmark) -> tuple:
@@ -236,18 +344,24 @@ def _order(benchmark: Benchmark) -> tuple:
     return (datasets.get(benchmark.dataset, 2), benchmark)
 
 
-def boards(*, include_reference_only: bool = False) -> list[Board]:
-    """Every benchmark with at least one ranked run (Omniglot first, then Mini-ImageNet), each
-    with the paper's row where the paper has one. `include_reference_only` adds the paper's
-    benchmarks nobody has run yet."""
-    grouped = _group(_finished_runs())
+def _limit(limit: int) -> int:
+    return max(1, min(MAX_ROWS, limit))
+
+
+def boards(*, include_reference_only: bool = False, limit: int = DEFAULT_ROWS) -> list[Board]:
+    """Every benchmark with at least one ranked configuration (Omniglot first, then
+    Mini-ImageNet), each with the paper's row where the paper has one and its best `limit`
+    configurations. `include_reference_only` adds the paper's benchmarks nobody has run yet."""
+    grouped = _grouped(_finished_runs())
     keys = set(grouped)
     if include_reference_only:
         keys |= set(PAPER_RESULTS)
-    return [_build(grouped, b) for b in sorted(keys, key=_order)]
+    result = [_build(grouped.get(b, []), b, _limit(limit)) for b in sorted(keys, key=_order)]
+    _fill(result)
+    return result
 
 
-def board(key: str | Benchmark) -> Board:
+def board(key: str | Benchmark, *, limit: int = DEFAULT_ROWS) -> Board:
     """One board by its slug (or Benchmark). Raises BoardNotFound if nothing is known about it;
     a paper benchmark without runs gives a board holding only the reference row."""
     try:
@@ -260,7 +374,9 @@ def board(key: str | Benchmark) -> Board:
         shots=benchmark.shots,
         transductive=benchmark.transductive,
     )
-    grouped = _group(runs)
+    grouped = _grouped(runs)
     if benchmark not in grouped and benchmark not in PAPER_RESULTS:
         raise BoardNotFound(f"no results for {benchmark.key!r}")
-    return _build(grouped, benchmark)
+    result = _build(grouped.get(benchmark, []), benchmark, _limit(limit))
+    _fill([result])
+    return result

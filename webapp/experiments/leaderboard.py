@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import PurePath
 from typing import NamedTuple
 
-from django.db.models import Count, F, Max, Min, Sum
+from django.db.models import Avg, Case, CharField, Count, F, Max, Min, Sum, Value, When
+from django.db.models.fields.json import KT
+from django.db.models.functions import Coalesce
+from django.urls import reverse
 
 from metatrain import PRESETS
 from metatrain.algorithms import ALGORITHMS
@@ -126,6 +128,21 @@ PAPER_META_ITERS: dict[tuple[str, int, int], int] = {
 }
 
 
+@dataclass(frozen=True)
+class SeedRun:
+    """One seed behind a row (read as plain values: a board shows hundreds)."""
+
+    pk: int
+    seed: int
+    test_accuracy: float
+    test_ci95: float | None
+    iteration: int
+    experiment_id: int
+
+    def get_absolute_url(self) -> str:
+        return reverse("run-detail", args=[self.pk])
+
+
 @dataclass
 class Row:
     """One line of a board: a configuration's seeds, or (`is_reference`) the paper's number."""
@@ -144,7 +161,7 @@ class Row:
     owner: str | None = None
     algorithm: str | None = None
     first_run_id: int = 0
-    runs: list[Run] = field(default_factory=list)  # the seeds, for the rows shown
+    runs: list[SeedRun] = field(default_factory=list)  # the seeds, for the rows shown
     rank: int = 0
     tied_with_leader: bool = False  # this row's interval overlaps the leader's
 
@@ -189,21 +206,6 @@ class BoardNotFound(LookupError):
     """No such benchmark: neither a run nor a paper result for it."""
 
 
-def _image_split(data_dir: object) -> str:
-    if not data_dir or PurePath(str(data_dir)).name.lower() in MINIIMAGENET_FOLDERS:
-        return "miniimagenet"
-    return CUSTOM_IMAGES
-
-
-def benchmark_of(run: Run) -> Benchmark | None:
-    """The benchmark a finished run counts for, or None (sine regression has no accuracy)."""
-    if run.ways is None or run.shots is None or run.dataset == "sine":
-        return None
-    is_images = run.dataset == "imagefolder"
-    split = _image_split((run.config or {}).get("data_dir")) if is_images else (run.split or "none")
-    return Benchmark(run.dataset, split, run.ways, run.shots, bool(run.transductive))
-
-
 def algorithm_label(name: str) -> str:
     """How metatrain's algorithm registry names the algorithm ``name`` for people (a run of an
     algorithm it no longer knows keeps its stored name)."""
@@ -224,9 +226,39 @@ def rank_rows(rows: list[Row]) -> list[Row]:
     return rows
 
 
+# The benchmark's split, in SQL: an image-folder run counts for Mini-ImageNet when it trains on
+# the installed data (no upload, no folder, or a folder named like Mini-ImageNet's).
+_MINI_REGEX = r"(^|/)(" + "|".join(sorted(MINIIMAGENET_FOLDERS)) + r")/?$"
+
+
 def _finished_runs():
-    return Run.objects.filter(status=Run.Status.SUCCEEDED, test_accuracy__isnull=False).exclude(
-        dataset="sine"
+    """Succeeded runs with a test accuracy, each with `board_split` (its benchmark's split)."""
+    image_split = Case(
+        When(experiment__user_dataset__isnull=False, then=Value(CUSTOM_IMAGES)),
+        When(data_dir_text="", then=Value("miniimagenet")),
+        When(data_dir_text__iregex=_MINI_REGEX, then=Value("miniimagenet")),
+        default=Value(CUSTOM_IMAGES),
+        output_field=CharField(),
+    )
+    return (
+        Run.objects.filter(
+            status=Run.Status.SUCCEEDED,
+            test_accuracy__isnull=False,
+            ways__isnull=False,
+            shots__isnull=False,
+        )
+        .exclude(dataset="sine")
+        .annotate(
+            data_dir_text=Coalesce(KT("config__data_dir"), Value(""), output_field=CharField())
+        )
+        .annotate(
+            board_split=Case(
+                When(dataset="imagefolder", then=image_split),
+                When(split="", then=Value("none")),
+                default=F("split"),
+                output_field=CharField(),
+            )
+        )
     )
 
 
@@ -237,15 +269,36 @@ def _reference_row(benchmark: Benchmark) -> Row | None:
     return Row(accuracy=paper[0], ci95=paper[1], is_reference=True, label=PAPER)
 
 
-_GROUP = ("dataset", "split", "ways", "shots", "transductive", "group_hash")
+def _summaries(runs) -> dict[Benchmark, tuple[int, int]]:
+    """(configurations, runs) of every benchmark that has a ranked run: one grouped query."""
+    rows = (
+        runs.values("dataset", "board_split", "ways", "shots", "transductive")
+        .annotate(configurations=Count("group_hash", distinct=True), runs=Count("id"))
+        .order_by()
+    )
+    return {
+        Benchmark(r["dataset"], r["board_split"], r["ways"], r["shots"], bool(r["transductive"])): (
+            r["configurations"],
+            r["runs"],
+        )
+        for r in rows
+    }
 
 
-def _grouped(runs) -> dict[Benchmark, list[Row]]:
-    """One row per (benchmark columns, group hash), aggregated by the database."""
-    groups = list(
-        runs.values(*_GROUP)
+def _configurations(runs, benchmark: Benchmark):
+    """The benchmark's configurations, aggregated by the database (mean, moments, seeds)."""
+    return (
+        runs.filter(
+            dataset=benchmark.dataset,
+            board_split=benchmark.split,
+            ways=benchmark.ways,
+            shots=benchmark.shots,
+            transductive=benchmark.transductive,
+        )
+        .values("group_hash")
         .annotate(
             n=Count("id"),
+            mean=Avg("test_accuracy"),
             total=Sum("test_accuracy"),
             total_sq=Sum(F("test_accuracy") * F("test_accuracy")),
             iterations=Max("iteration"),
@@ -253,35 +306,52 @@ def _grouped(runs) -> dict[Benchmark, list[Row]]:
         )
         .order_by()
     )
-    # An image-folder run's benchmark depends on its folder's name (data_dir, in its config).
-    image_firsts = [g["first_run"] for g in groups if g["dataset"] == "imagefolder"]
-    folders = dict(Run.objects.filter(pk__in=image_firsts).values_list("pk", "config__data_dir"))
-    by_benchmark: dict[Benchmark, list[Row]] = {}
-    for g in groups:
-        if g["ways"] is None or g["shots"] is None:
-            continue
-        if g["dataset"] == "imagefolder":
-            split = _image_split(folders.get(g["first_run"]))
-        else:
-            split = g["split"] or "none"
-        benchmark = Benchmark(g["dataset"], split, g["ways"], g["shots"], bool(g["transductive"]))
-        stats = from_moments(g["n"], g["total"], g["total_sq"])
-        assert stats is not None  # n >= 1: every group has a run
-        paper_iters = PAPER_META_ITERS.get((g["dataset"], g["ways"], g["shots"]))
-        by_benchmark.setdefault(benchmark, []).append(
-            Row(
-                accuracy=stats.mean,
-                ci95=stats.ci95,
-                std=stats.std,
-                seeds=stats.n,
-                iterations=g["iterations"] or 0,
-                group_hash=g["group_hash"],
-                partial=paper_iters is not None and (g["iterations"] or 0) < paper_iters,
-                paper_iterations=paper_iters,
-                first_run_id=g["first_run"],
-            )
-        )
-    return by_benchmark
+
+
+def _row(g: dict, benchmark: Benchmark) -> Row:
+    stats = from_moments(g["n"], g["total"], g["total_sq"])
+    assert stats is not None  # n >= 1: every group has a run
+    paper_iters = PAPER_META_ITERS.get((benchmark.dataset, benchmark.ways, benchmark.shots))
+    iterations = g["iterations"] or 0
+    return Row(
+        accuracy=stats.mean,
+        ci95=stats.ci95,
+        std=stats.std,
+        seeds=stats.n,
+        iterations=iterations,
+        group_hash=g["group_hash"],
+        partial=paper_iters is not None and iterations < paper_iters,
+        paper_iterations=paper_iters,
+        first_run_id=g["first_run"],
+    )
+
+
+def _build(runs, benchmark: Benchmark, summary: tuple[int, int] | None, limit: int) -> Board:
+    """The best `limit` configurations (ranked by the database) and the paper's row, ranked
+    among all configurations, shown or not."""
+    configurations, runs_count = summary or (0, 0)
+    rows: list[Row] = []
+    grouped = _configurations(runs, benchmark) if summary else None
+    if grouped is not None:
+        rows = [_row(g, benchmark) for g in grouped.order_by("-mean", "first_run")[:limit]]
+    reference = _reference_row(benchmark)
+    ranked = rank_rows([*rows, *([reference] if reference else [])])
+    if (
+        reference is not None
+        and grouped is not None
+        and len(rows) < configurations
+        and rows
+        and reference.accuracy < rows[-1].accuracy
+    ):
+        # Below every row shown: configurations not shown may rank above it too.
+        reference.rank = 1 + grouped.filter(mean__gt=reference.accuracy).count()
+    return Board(
+        benchmark=benchmark,
+        rows=ranked,
+        configurations=configurations,
+        runs_count=runs_count,
+        hidden=configurations - len(rows),
+    )
 
 
 def _fill(boards: list[Board]) -> None:
@@ -290,53 +360,43 @@ def _fill(boards: list[Board]) -> None:
     if not shown:
         return
     firsts = {
-        run.pk: run
-        for run in Run.objects.filter(pk__in=[r.first_run_id for r in shown]).select_related(
-            "experiment__owner"
+        values[0]: values[1:]
+        for values in Run.objects.filter(pk__in=[r.first_run_id for r in shown]).values_list(
+            "pk", "experiment_id", "experiment__name", "experiment__owner__username", "algorithm"
         )
     }
-    seeds: dict[str, list[Run]] = {}
-    for run in (
+    seeds: dict[tuple, list[SeedRun]] = {}
+    for values in (
         _finished_runs()
         .filter(group_hash__in={r.group_hash for r in shown})
-        .only(*_GROUP, "seed", "test_accuracy", "test_ci95", "iteration", "experiment_id")
+        .values_list(
+            "group_hash",
+            "dataset",
+            "board_split",
+            "ways",
+            "shots",
+            "transductive",
+            "pk",
+            "seed",
+            "test_accuracy",
+            "test_ci95",
+            "iteration",
+            "experiment_id",
+        )
         .order_by("seed", "id")
     ):
-        seeds.setdefault(run.group_hash, []).append(run)
+        seeds.setdefault(values[:6], []).append(SeedRun(*values[6:]))
     for board in boards:
         b = board.benchmark
         for row in board.rows:
             first = firsts.get(row.first_run_id)
             if row.is_reference or first is None:
                 continue
-            row.label = f"{first.experiment.name} ({algorithm_label(first.algorithm)})"
-            row.experiment_id = first.experiment_id
-            row.owner = first.experiment.owner.get_username()
-            row.algorithm = first.algorithm
-            row.runs = [
-                run
-                for run in seeds.get(row.group_hash, [])
-                if (run.dataset, run.ways, run.shots, bool(run.transductive))
-                == (b.dataset, b.ways, b.shots, b.transductive)
-                and (b.dataset == "imagefolder" or (run.split or "none") == b.split)
-            ]
-
-
-def _build(rows: list[Row], benchmark: Benchmark, limit: int) -> Board:
-    reference = _reference_row(benchmark)
-    ranked = rank_rows([*rows, *([reference] if reference else [])])
-    shown, kept = [], 0
-    for row in ranked:
-        if row.is_reference or kept < limit:
-            shown.append(row)
-            kept += not row.is_reference
-    return Board(
-        benchmark=benchmark,
-        rows=shown,
-        configurations=len(rows),
-        runs_count=sum(r.seeds for r in rows),
-        hidden=len(rows) - kept,
-    )
+            row.experiment_id, name, row.owner, row.algorithm = first
+            row.label = f"{name} ({algorithm_label(row.algorithm)})"
+            row.runs = seeds.get(
+                (row.group_hash, b.dataset, b.split, b.ways, b.shots, b.transductive), []
+            )
 
 
 def _order(benchmark: Benchmark) -> tuple:
@@ -351,12 +411,14 @@ def _limit(limit: int) -> int:
 def boards(*, include_reference_only: bool = False, limit: int = DEFAULT_ROWS) -> list[Board]:
     """Every benchmark with at least one ranked configuration (Omniglot first, then
     Mini-ImageNet), each with the paper's row where the paper has one and its best `limit`
-    configurations. `include_reference_only` adds the paper's benchmarks nobody has run yet."""
-    grouped = _grouped(_finished_runs())
-    keys = set(grouped)
+    configurations. `include_reference_only` adds the paper's benchmarks nobody has run yet.
+    A few grouped queries per benchmark, whatever the number of runs."""
+    runs = _finished_runs()
+    summaries = _summaries(runs)
+    keys = set(summaries)
     if include_reference_only:
         keys |= set(PAPER_RESULTS)
-    result = [_build(grouped.get(b, []), b, _limit(limit)) for b in sorted(keys, key=_order)]
+    result = [_build(runs, b, summaries.get(b), _limit(limit)) for b in sorted(keys, key=_order)]
     _fill(result)
     return result
 
@@ -374,9 +436,9 @@ def board(key: str | Benchmark, *, limit: int = DEFAULT_ROWS) -> Board:
         shots=benchmark.shots,
         transductive=benchmark.transductive,
     )
-    grouped = _grouped(runs)
-    if benchmark not in grouped and benchmark not in PAPER_RESULTS:
+    summary = _summaries(runs).get(benchmark)
+    if summary is None and benchmark not in PAPER_RESULTS:
         raise BoardNotFound(f"no results for {benchmark.key!r}")
-    result = _build(grouped.get(benchmark, []), benchmark, _limit(limit))
+    result = _build(runs, benchmark, summary, _limit(limit))
     _fill([result])
     return result

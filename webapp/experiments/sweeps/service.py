@@ -17,7 +17,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, F, Q, Sum
 
 from .. import services
 from ..errors import ErrorList, QuotaExceeded, ServiceError, ValidationFailed
@@ -233,7 +233,14 @@ def top_up(sweep_id: int) -> list[Experiment]:
 def top_up_active() -> int:
     """The periodic pass: top up every active sweep with room; configurations added."""
     added = 0
-    for sweep_id in Sweep.objects.filter(status=Sweep.Status.ACTIVE).values_list("pk", flat=True):
+    # Only sweeps whose plan has configurations left: a spent sweep is never read again.
+    open_sweeps = (
+        Sweep.objects.filter(status=Sweep.Status.ACTIVE)
+        .annotate(proposed=Count("experiments"))
+        .filter(proposed__lt=F("trials"))
+        .values_list("pk", flat=True)
+    )
+    for sweep_id in open_sweeps:
         try:
             added += len(top_up(sweep_id))
         except Exception:  # one broken sweep must not stop the others

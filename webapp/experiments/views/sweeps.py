@@ -65,6 +65,14 @@ def sweep_from_experiment(request: HttpRequest) -> HttpResponse:
     if not form.is_valid():
         return experiment_form_page(request, form)
     data = form.cleaned_data
+    if data.get("user_dataset"):
+        # Sweeps train on the installed data only: never let one quietly drop the upload.
+        form.add_error(
+            "user_dataset",
+            "A sweep cannot train on an uploaded dataset yet; save an experiment per "
+            "configuration instead, or choose the installed data.",
+        )
+        return experiment_form_page(request, form)
     initial = {
         "name": data["name"],
         "description": data["description"],

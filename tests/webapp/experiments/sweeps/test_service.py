@@ -150,3 +150,10 @@ def test_the_periodic_pass_tops_up_a_sweep_whose_hook_was_missed(owner):
         _finish(run, 0.4)  # finished without the hook
     assert service.top_up_active() == 1
     assert sweep.experiments.count() == 2
+
+
+def test_the_periodic_pass_skips_a_sweep_whose_plan_is_spent(owner, django_assert_max_num_queries):
+    sweep = service.create_sweep(owner, **_spec(parallel=4))  # the whole grid at once
+    assert sweep.experiments.count() == 4
+    with django_assert_max_num_queries(1):
+        assert service.top_up_active() == 0

@@ -157,3 +157,25 @@ def test_the_sweep_list_shows_sweeps(client, owner):
     sweep, _, _ = _finished_sweep(owner)
     client.force_login(owner)
     assert sweep.get_absolute_url() in client.get(reverse("sweep-list")).content.decode()
+
+
+def test_a_sweep_from_an_experiment_on_an_upload_is_refused_not_silently_changed(
+    client, owner, make_ready_dataset
+):
+    dataset = make_ready_dataset(owner)
+    client.force_login(owner)
+    response = client.post(
+        reverse("sweep-from-experiment"),
+        {
+            "name": "on upload",
+            "preset": "miniimagenet-5way-1shot",
+            "seeds": "0",
+            "queue": "any",
+            "user_dataset": str(dataset.pk),
+            "meta_iters": "10",
+            "train_shots": "5",
+        },
+    )
+    form = response.context["form"]
+    assert "cannot train on an uploaded dataset" in str(form.errors.get("user_dataset"))
+    assert not Sweep.objects.exists()

@@ -404,6 +404,9 @@ QUOTA_MAX_ACTIVE_META_ITERS = env_quota("QUOTA_MAX_ACTIVE_META_ITERS", 10_000_00
 # Uploaded datasets per user (rejected ones do not count), and their total size: extracted
 # size once ready, the archive's size until then.
 QUOTA_MAX_DATASETS = env_quota("QUOTA_MAX_DATASETS", 20)
+# Runs one sweep may plan (configurations x seeds): the form and the API refuse more. A sweep
+# queues its configurations a few at a time, so the quotas above still apply as it goes.
+SWEEP_MAX_RUNS = env_quota("SWEEP_MAX_RUNS", 500)
 QUOTA_MAX_DATASET_BYTES = env_quota("QUOTA_MAX_DATASET_BYTES", 10 * 1024**3)
 
 # The database unreachable (OperationalError, InterfaceError): the API answers a JSON 503 and

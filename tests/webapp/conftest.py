@@ -77,6 +77,7 @@ def make_run(db):
     `make_run(owner, status="succeeded", dataset="omniglot", ways=5, shots=1, transductive=True,
     test_accuracy=0.95, test_ci95=0.01, ...)`; any other keyword is a Run field.
     """
+    from webapp.experiments.grouping import group_hash
     from webapp.experiments.models import Experiment, Run
 
     def make(owner, *, name: str = "finished", experiment=None, seed: int = 0, **fields):
@@ -97,6 +98,7 @@ def make_run(db):
             "shots": config.get("shots", 1),
             "transductive": True,
             "config_hash": "0" * 64,
+            "group_hash": group_hash(config),
         }
         defaults.update(fields)
         return Run.objects.create(

@@ -27,7 +27,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from webapp.accounts.models import ApiToken
 from webapp.datasets.models import UserDataset
-from webapp.experiments.models import Evaluation, Experiment, MetricPoint, Run
+from webapp.experiments.models import Evaluation, Experiment, MetricPoint, Run, Sweep
 
 SINE_FORM = {"name": "mine", "preset": "sine", "seeds": "0", "queue": "any"}
 
@@ -55,6 +55,36 @@ def _experiment(f):
 
 def _queued_run(f):
     return _experiment(f).runs.get()
+
+
+def _sweep(f):
+    from webapp.experiments.sweeps.service import create_sweep
+
+    return create_sweep(f.owner, **_sweep_spec(f.sine))
+
+
+def _sweep_spec(sine):
+    return {
+        "name": "sw",
+        "config": sine,
+        "space": {"inner_iters": {"values": [1, 2]}},
+        "method": "grid",
+        "seeds": [0],
+    }
+
+
+SWEEP_FORM = {
+    "name": "sw",
+    "preset": "sine",
+    "base_config": '{"meta_iters": 10, "final_eval_tasks": 10, "validation_interval": 0}',
+    "space": "inner_iters = 1, 2",
+    "method": "grid",
+    "parallel": "2",
+    "sampler_seed": "0",
+    "seeds": "0",
+    "queue": "any",
+    "save": "1",
+}
 
 
 def _dataset(f):
@@ -132,6 +162,39 @@ HTML_WRITES = [
         "user",
     ),
     Write(
+        "sweep-new",
+        lambda f: None,
+        lambda o: [],
+        lambda: dict(SWEEP_FORM),
+        lambda o, u: Sweep.objects.filter(owner=u, name="sw").exists(),
+        "user",
+    ),
+    Write(
+        "sweep-clone",  # as experiments: the copy is the caller's
+        _sweep,
+        lambda o: [o.pk],
+        lambda: dict(SWEEP_FORM),
+        lambda o, u: Sweep.objects.filter(owner=u, cloned_from=o).exists(),
+        "user",
+    ),
+    Write(
+        "sweep-from-experiment",  # only pre-fills the sweep form from the experiment form's
+        lambda f: None,
+        lambda o: [],
+        lambda: dict(SINE_FORM),
+        lambda o, u: not Sweep.objects.exists(),
+        "user",
+        ok=200,
+    ),
+    Write(
+        "sweep-cancel",
+        _sweep,
+        lambda o: [o.pk],
+        dict,
+        lambda o, u: Sweep.objects.get(pk=o.pk).status == Sweep.Status.CANCELLED,
+        "owner",
+    ),
+    Write(
         "dataset-upload",
         lambda f: None,
         lambda o: [],
@@ -173,6 +236,10 @@ HTML_READS = [
     "run-download",
     "compare",
     "leaderboard",
+    "sweep-list",
+    "sweep-new",
+    "sweep-detail",
+    "sweep-clone",
     "worker-list",
     "dataset-list",
     "dataset-upload",
@@ -242,6 +309,28 @@ API_WRITES = [
         lambda o, u: _new_experiment_by(u, name="api"),
         "user",
     ),
+    ApiWrite(
+        "POST",
+        "/api/sweeps",
+        lambda f: None,
+        {
+            "name": "api sweep",
+            "preset": "sine",
+            "overrides": {"meta_iters": 10},
+            "space": {"inner_iters": {"values": [1, 2]}},
+            "seeds": [0],
+        },
+        lambda o, u: Sweep.objects.filter(owner=u, name="api sweep").exists(),
+        "user",
+    ),
+    ApiWrite(
+        "POST",
+        "/api/sweeps/{sweep_id}/cancel",
+        _sweep,
+        None,
+        lambda o, u: Sweep.objects.get(pk=o.pk).status == Sweep.Status.CANCELLED,
+        "owner",
+    ),
 ]
 
 
@@ -265,6 +354,8 @@ def snapshot() -> tuple[int, ...]:
         Run.objects.exclude(tags="").count(),
         Experiment.objects.exclude(tags="").count(),
         Run.objects.filter(evaluate_only=True).count(),
+        Sweep.objects.count(),
+        Sweep.objects.filter(status=Sweep.Status.CANCELLED).count(),
     )
 
 
@@ -525,7 +616,8 @@ def test_an_api_token_needs_no_csrf_token(world):
 def _api_call(client: Client, write: ApiWrite, obj):
     path = write.path
     if obj is not None:
-        path = path.replace("{experiment_id}", str(obj.pk)).replace("{run_id}", str(obj.pk))
+        for key in ("{experiment_id}", "{run_id}", "{sweep_id}"):
+            path = path.replace(key, str(obj.pk))
     if write.method == "DELETE":
         return client.delete(path)
     if write.method == "PATCH":
@@ -645,6 +737,8 @@ def test_every_page_sends_anonymous_users_to_the_login_page(finished_run, world,
         "run-metrics": [finished_run.pk],
         "run-download": [finished_run.pk, "metrics.csv"],
         "dataset-detail": [dataset.pk],
+        "sweep-detail": [1],
+        "sweep-clone": [1],
     }.get(name, [])
     url = reverse(name, args=args)
 

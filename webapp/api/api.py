@@ -26,9 +26,10 @@ from webapp.experiments.errors import QuotaExceeded, ServiceError, ValidationFai
 from webapp.experiments.services import ConfigError
 from webapp.outage import outage_response
 
-from . import datasets, experiments, leaderboard, presets, runs, tryit
+from . import datasets, experiments, leaderboard, presets, runs, sweeps, tryit
 from .auth import API_AUTH
 from .schemas import ExperimentIn, FieldErrors
+from .sweep_schemas import SweepIn
 
 
 def _reject_constant(name: str) -> Any:
@@ -120,6 +121,7 @@ api.add_router("/experiments", experiments.router, tags=["experiments"])
 api.add_router("/runs", runs.router, tags=["runs"])
 api.add_router("/runs", tryit.router, tags=["try it"])
 api.add_router("/leaderboard", leaderboard.router, tags=["leaderboard"])
+api.add_router("/sweeps", sweeps.router, tags=["sweeps"])
 api.add_router("/datasets", datasets.router, tags=["datasets"])
 
 
@@ -172,8 +174,11 @@ def _field_errors(request: HttpRequest, exc: FieldErrors) -> HttpResponse:
 
 
 def _api_field(field: str | None) -> str | None:
-    """A service field name as the API names it: config fields live in `overrides`."""
-    if field is not None and field not in ExperimentIn.model_fields:
+    """A service field name as the API names it: config fields live in `overrides`; a
+    sweep's varied fields are `space.<field>`."""
+    if field is not None and (field == "space" or field.startswith("space.")):
+        return field
+    if field is not None and field not in {*ExperimentIn.model_fields, *SweepIn.model_fields}:
         return f"overrides.{field}"
     return field
 

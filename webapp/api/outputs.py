@@ -169,6 +169,7 @@ def dataset_data(dataset, user) -> dict[str, Any]:
 
 
 def board_data(board) -> dict[str, Any]:
+    """A board in the grouped form: one row per configuration, its seeds' runs inside."""
     b = board.benchmark
     return {
         "key": board.key,
@@ -178,6 +179,9 @@ def board_data(board) -> dict[str, Any]:
         "ways": b.ways,
         "shots": b.shots,
         "transductive": b.transductive,
+        "configurations": board.configurations,
+        "runs_count": board.runs_count,
+        "hidden": board.hidden,
         "rows": [
             {
                 "rank": row.rank,
@@ -185,13 +189,28 @@ def board_data(board) -> dict[str, Any]:
                 "is_reference": row.is_reference,
                 "accuracy": round_fraction(row.accuracy),
                 "ci95": round_fraction(row.ci95),
-                "tasks": row.tasks,
+                "ci_method": row.ci_method,
+                "std": round_fraction(row.std),
+                "seeds": row.seeds,
+                "iterations": row.iterations,
+                "partial": row.partial,
+                "paper_iterations": row.paper_iterations,
                 "tied_with_leader": row.tied_with_leader,
-                "run_id": row.run.pk if row.run else None,
-                "experiment_id": row.run.experiment_id if row.run else None,
-                "owner": row.run.experiment.owner.get_username() if row.run else None,
-                "seed": row.run.seed if row.run else None,
-                "algorithm": row.run.algorithm if row.run else None,
+                "group_hash": row.group_hash or None,
+                "experiment_id": row.experiment_id,
+                "owner": row.owner,
+                "algorithm": row.algorithm,
+                "runs": [
+                    {
+                        "run_id": run.pk,
+                        "seed": run.seed,
+                        "experiment_id": run.experiment_id,
+                        "accuracy": round_fraction(run.test_accuracy),
+                        "ci95": round_fraction(run.test_ci95),
+                        "iteration": run.iteration,
+                    }
+                    for run in row.runs
+                ],
             }
             for row in board.rows
         ],

@@ -302,19 +302,38 @@ class EvaluationOut(Schema):
     created_at: datetime
 
 
+class LeaderboardRunOut(Schema):
+    run_id: int
+    seed: int
+    experiment_id: int
+    accuracy: float | None = Field(description="final test accuracy, fraction 0..1")
+    ci95: float | None = Field(description="95% CI over this run's test tasks, fraction")
+    iteration: int = Field(description="meta-iterations trained")
+
+
 class LeaderboardRowOut(Schema):
+    """One configuration (runs sharing a config without its seed), or the paper's number."""
+
     rank: int
     label: str
     is_reference: bool = Field(description="the paper's published number, not a run")
-    accuracy: float = Field(description="fraction 0..1, 6 decimals")
-    ci95: float | None = Field(description="95% CI half-width, fraction 0..1, 6 decimals")
-    tasks: int | None
-    tied_with_leader: bool = Field(description="95% interval overlaps the leader's")
-    run_id: int | None
+    accuracy: float = Field(description="mean over seeds, fraction 0..1, 6 decimals")
+    ci95: float | None = Field(
+        description="half-width: 95% CI across seeds (Student's t); null for one seed; for the "
+        "reference row the paper's published ±, which the paper does not define"
+    )
+    ci_method: str = Field(description="what ci95 is")
+    std: float | None = Field(description="sample standard deviation across seeds")
+    seeds: int = Field(description="succeeded seeds averaged")
+    iterations: int = Field(description="meta-iterations trained")
+    partial: bool = Field(description="trained fewer meta-iterations than the paper did")
+    paper_iterations: int | None
+    tied_with_leader: bool = Field(description="interval overlaps the leader's")
+    group_hash: str | None = Field(description="the configuration's hash without its seed")
     experiment_id: int | None
     owner: str | None
-    seed: int | None
     algorithm: str | None
+    runs: list[LeaderboardRunOut] = Field(description="the seeds behind the row")
 
 
 class BoardOut(Schema):
@@ -325,6 +344,9 @@ class BoardOut(Schema):
     ways: int
     shots: int
     transductive: bool
+    configurations: int = Field(description="configurations ranked on this board")
+    runs_count: int = Field(description="their succeeded runs")
+    hidden: int = Field(description="configurations ranked below the rows returned")
     rows: list[LeaderboardRowOut]
 
 

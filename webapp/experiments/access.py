@@ -1,4 +1,4 @@
-"""The one place that decides who may see or change a run or an experiment.
+"""The one place that decides who may see or change a run, an experiment or a sweep.
 
 Public (any logged-in user): every experiment, run, metric series, evaluation and artifact, and
 the leaderboard. This is a shared research dashboard: results are meant to be compared.
@@ -20,11 +20,11 @@ from django.shortcuts import get_object_or_404
 
 from webapp.datasets.access import can_view as can_view_dataset
 
-from .models import Experiment, Run
+from .models import Experiment, Run, Sweep
 
 
-def can_change(user, obj: Experiment | Run) -> bool:
-    owner_id = obj.owner_id if isinstance(obj, Experiment) else obj.experiment.owner_id
+def can_change(user, obj: Experiment | Run | Sweep) -> bool:
+    owner_id = obj.experiment.owner_id if isinstance(obj, Run) else obj.owner_id
     return bool(user.is_authenticated and (user.is_staff or owner_id == user.pk))
 
 
@@ -44,6 +44,14 @@ def get_run_for_user(user, pk: int, *, for_change: bool = False) -> Run:
     if for_change and not can_change(user, run):
         raise PermissionDenied("Only the run's owner can change it.")
     return run
+
+
+def get_sweep_for_user(user, pk: int, *, for_change: bool = False) -> Sweep:
+    """The sweep, or 404; PermissionDenied (403) when changing someone else's."""
+    sweep = get_object_or_404(Sweep.objects.select_related("owner"), pk=pk)
+    if for_change and not can_change(user, sweep):
+        raise PermissionDenied("Only the sweep's owner can change it.")
+    return sweep
 
 
 # Config keys that hold server paths. Runs made before the worker resolved datasets per host

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from functools import partial
 
 from django.conf import settings
 from django.db import transaction
@@ -107,8 +108,16 @@ def _finish(run: Run, attempt: int, status: str, reason: str, **fields) -> bool:
             )
             return False
         _close_attempt(run.pk, attempt, status, reason, now)
+        # A sweep proposes its next configurations once this outcome is committed.
+        transaction.on_commit(partial(_sweep_hook, run.pk))
     run.refresh_from_db()
     return True
+
+
+def _sweep_hook(run_id: int) -> None:
+    from .sweeps.service import run_finished  # sweeps build on services, which import us
+
+    run_finished(run_id)
 
 
 def complete_run(run: Run, attempt: int, **fields) -> bool:

@@ -70,6 +70,12 @@ class Experiment(Tagged):
         related_name="experiments",
         help_text="the uploaded dataset the runs train on (dataset imagefolder), if any",
     )
+    # A configuration of a sweep: the sweep, and the values its search chose for the varied
+    # fields (the rest of the config is the sweep's base).
+    sweep = models.ForeignKey(
+        "Sweep", null=True, blank=True, on_delete=models.CASCADE, related_name="experiments"
+    )
+    sweep_params = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta(Tagged.Meta):
@@ -80,6 +86,60 @@ class Experiment(Tagged):
 
     def get_absolute_url(self) -> str:
         return reverse("experiment-detail", args=[self.pk])
+
+
+class Sweep(models.Model):
+    """A search over configurations: a base config, the fields to vary (`space`) and how to
+    pick their values (grid, random, or adaptive with Optuna's TPE), times a list of seeds.
+
+    Each configuration it tries is an Experiment (one run per seed) made through the same
+    service as the form's; an adaptive sweep proposes its next configurations as earlier ones
+    finish, its search state rebuilt from those experiments each time (nothing in memory).
+
+    `space` maps a Config field to {"values": [...]} (a list: grid, or a choice for the
+    searches) or {"low", "high", "log", "type": "int" | "float"} (a range: searches only).
+    """
+
+    class Method(models.TextChoices):
+        GRID = "grid", "Grid (every combination)"
+        RANDOM = "random", "Random search"
+        TPE = "tpe", "Adaptive search (Optuna TPE)"
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        CANCELLED = "cancelled", "Cancelled"
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="sweeps"
+    )
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True, max_length=5000)
+    preset = models.CharField(max_length=64, blank=True)
+    base_config = models.JSONField(default=dict, help_text="the user's overrides of the preset")
+    space = models.JSONField(help_text="the varied fields and their values or ranges")
+    method = models.CharField(max_length=8, choices=Method.choices, default=Method.GRID)
+    trials = models.IntegerField(default=0, help_text="configurations to try (random, tpe)")
+    parallel = models.IntegerField(
+        default=4, help_text="adaptive: configurations in flight at once"
+    )
+    sampler_seed = models.IntegerField(default=0)
+    seeds = models.JSONField(default=list)
+    queue = models.CharField(max_length=8, choices=Queue.choices, default=Queue.ANY)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.ACTIVE)
+    status_reason = models.TextField(blank=True)
+    cloned_from = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="clones"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"sweep {self.name} (#{self.pk})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("sweep-detail", args=[self.pk])
 
 
 class Run(Tagged):
@@ -116,6 +176,9 @@ class Run(Tagged):
     seed = models.IntegerField()
     config = models.JSONField(help_text="the full metatrain Config, seed included")
     config_hash = models.CharField(max_length=64, db_index=True)
+    # The configuration without its seed (webapp.experiments.grouping): the seeds of one
+    # configuration share it, so the leaderboard groups on it in SQL.
+    group_hash = models.CharField(max_length=64, db_index=True, blank=True)
     queue = models.CharField(max_length=8, choices=Queue.choices, default=Queue.ANY)
 
     status = models.CharField(

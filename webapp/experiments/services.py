@@ -17,11 +17,11 @@ from django.utils import timezone
 from metatrain import Config, ConfigError
 from webapp.datasets.models import UserDataset
 
-from . import quotas, run_files
+from . import grouping, quotas, run_files
 from .dataset_checks import DB_PK_MAX, check_dataset_fits, get_user_dataset
 from .dispatch import enqueue_on_commit
 from .errors import ErrorList, QuotaExceeded, ServiceError, ValidationFailed
-from .models import Experiment, Queue, Run, normalize_tags
+from .models import Experiment, Queue, Run, Sweep, normalize_tags
 from .validation import (
     DB_INT_MAX,
     MAX_DESCRIPTION,
@@ -44,6 +44,8 @@ def create_experiment(
     preset: str = "",
     cloned_from: Experiment | None = None,
     user_dataset: int | UserDataset | None = None,
+    sweep: Sweep | None = None,
+    sweep_params: dict | None = None,
 ) -> Experiment:
     """Validate, check quotas, save the experiment and one queued run per seed, enqueue after
     commit. Raises ValidationFailed (every field error) or QuotaExceeded; both are
@@ -78,13 +80,17 @@ def create_experiment(
         queue=valid.queue,
         cloned_from=cloned_from,
         user_dataset=valid.dataset,
+        sweep=sweep,
+        sweep_params=sweep_params,
     )
+    group = grouping.group_hash(valid.config, grouping.dataset_identity(valid.dataset))
     runs = [
         Run.objects.create(
             experiment=experiment,
             seed=cfg.seed,
             config=cfg.to_dict(),
             config_hash=run_config_hash(cfg, valid.dataset),
+            group_hash=group,
             queue=valid.queue,
             dataset=cfg.dataset,
             split=cfg.split if cfg.dataset == "omniglot" else "",

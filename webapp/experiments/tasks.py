@@ -27,6 +27,7 @@ from django.db import transaction
 from . import lifecycle, run_files, workers
 from .dispatch import dispatch_pending_runs, send_run
 from .models import Evaluation, Run
+from .sweeps import service as sweeps
 
 logger = logging.getLogger(__name__)
 
@@ -265,4 +266,6 @@ def supervise_runs() -> dict:
     result = lifecycle.supervise()
     if result["queued"]:
         dispatch_pending_runs()
+    # A sweep whose finish hook was missed (a worker killed after its commit) still advances.
+    result["sweep_configurations_added"] = sweeps.top_up_active()
     return result

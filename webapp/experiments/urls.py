@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from .views import compare, experiments, leaderboard, runs, workers
+from .views import compare, experiments, leaderboard, runs, sweeps, workers
 
 urlpatterns = [
     path("", runs.run_list, name="run-list"),
@@ -13,6 +13,12 @@ urlpatterns = [
     path("experiments/<int:pk>/", experiments.experiment_detail, name="experiment-detail"),
     path("experiments/<int:pk>/clone/", experiments.experiment_clone, name="experiment-clone"),
     path("experiments/<int:pk>/delete/", experiments.experiment_delete, name="experiment-delete"),
+    path("sweeps/", sweeps.sweep_list, name="sweep-list"),
+    path("sweeps/new/", sweeps.sweep_new, name="sweep-new"),
+    path("sweeps/from-experiment/", sweeps.sweep_from_experiment, name="sweep-from-experiment"),
+    path("sweeps/<int:pk>/", sweeps.sweep_detail, name="sweep-detail"),
+    path("sweeps/<int:pk>/clone/", sweeps.sweep_clone, name="sweep-clone"),
+    path("sweeps/<int:pk>/cancel/", sweeps.sweep_cancel, name="sweep-cancel"),
     path("runs/<int:pk>/", runs.run_detail, name="run-detail"),
     path("runs/<int:pk>/cancel/", runs.run_cancel, name="run-cancel"),
     path("runs/<int:pk>/evaluate/", runs.run_evaluate, name="run-evaluate"),

@@ -20,10 +20,28 @@ def test_the_leaderboard_gives_fractions_with_the_papers_reference_row(api, owne
         True,
     )
     first, paper = board["rows"]
-    assert (first["run_id"], first["accuracy"], first["rank"]) == (run.pk, 0.99, 1)
+    assert (first["accuracy"], first["rank"], first["seeds"]) == (0.99, 1, 1)
+    assert first["ci95"] is None  # one seed: no interval across seeds
+    assert [r["run_id"] for r in first["runs"]] == [run.pk]
+    assert first["runs"][0]["ci95"] == 0.002  # its own interval over test tasks
     assert first["owner"] == "owner" and first["is_reference"] is False
-    assert paper["is_reference"] is True and paper["run_id"] is None
+    assert paper["is_reference"] is True and paper["runs"] == []
     assert paper["accuracy"] == 0.9768 and paper["ci95"] == 0.0004
+    assert "95% CI" not in paper["ci_method"].split("cannot be")[0]
+
+
+def test_the_leaderboard_groups_seeds_of_one_configuration(api, owner, make_run):
+    a = make_run(owner, test_accuracy=0.90, seed=0, iteration=100_000)
+    b = make_run(owner, test_accuracy=0.94, seed=1, iteration=100_000, experiment=a.experiment)
+    make_run(owner, test_accuracy=0.5, seed=0, config={"inner_iters": 2}, iteration=10)
+
+    (board,) = api.get("/api/leaderboard", {"limit": 1}).json()["boards"]
+
+    (row,) = [r for r in board["rows"] if not r["is_reference"]]
+    assert (row["seeds"], row["accuracy"], row["partial"]) == (2, 0.92, False)
+    assert row["ci95"] == round(12.7062 * 0.0282843 / 2**0.5, 6)
+    assert sorted(r["run_id"] for r in row["runs"]) == [a.pk, b.pk]
+    assert (board["configurations"], board["runs_count"], board["hidden"]) == (2, 3, 1)
 
 
 def test_reference_only_boards_are_included_on_request(api):

@@ -36,6 +36,7 @@ from schemathesis.specs.openapi.checks import (
 from webapp.accounts.models import ApiToken
 from webapp.datasets.models import UserDataset
 from webapp.experiments.models import Evaluation, MetricPoint
+from webapp.experiments.sweeps.service import create_sweep
 
 EXAMPLES_PER_OPERATION = 25
 CHECKS = [
@@ -96,7 +97,16 @@ def target(wsgi_app, settings, tmp_path, owner, stranger, make_experiment, make_
         UserDataset.objects.create(owner=stranger, name="stranger's private", status=ready),
     ]
 
+    sweep = create_sweep(
+        owner,
+        name="owner's sweep",
+        config={"dataset": "omniglot", "meta_iters": 10, "validation_interval": 0},
+        space={"inner_iters": {"values": [1, 2]}},
+        method="grid",
+        seeds=[0],
+    )
     real = {
+        "sweep_id": [sweep.pk],
         "experiment_id": [queued.pk, finished.experiment_id],
         "run_id": [*queued.runs.values_list("pk", flat=True), finished.pk],
         "key": BOARD_KEYS,

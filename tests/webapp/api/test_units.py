@@ -36,7 +36,7 @@ def test_run_evaluation_and_leaderboard_accuracies_are_rounded(api, owner, make_
     listed = api.get("/api/runs").json()["items"][0]
     (evaluation,) = api.get(f"/api/runs/{run.pk}/evaluations").json()
     rows = api.get("/api/leaderboard").json()["boards"][0]["rows"]
-    (row,) = [r for r in rows if r["run_id"] == run.pk]
+    (row,) = [r["runs"][0] for r in rows if r["runs"] and r["runs"][0]["run_id"] == run.pk]
 
     for item in (detail, listed):
         assert (item["test_accuracy"], item["test_ci95"]) == (0.671, 0.012346)

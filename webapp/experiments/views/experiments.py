@@ -14,9 +14,12 @@ from webapp.datasets.access import get_usable_dataset
 
 from .. import services
 from ..access import can_change, dataset_shown, get_experiment_for_user, visible_config
+from ..aggregate import CI_METHOD, seed_stats
 from ..filtering import filter_experiments
 from ..forms import ExperimentForm, config_fields, presets_for_script
+from ..leaderboard import SINGLE_SEED
 from ..models import Experiment, Run
+from ..seed_curves import BAND, experiment_curves
 
 # What the "new experiment" page starts from: the paper's headline benchmark.
 DEFAULT_PRESET = "omniglot-5way-1shot"
@@ -115,8 +118,12 @@ def experiment_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "dataset": dataset_shown(request.user, experiment),
         "runs": runs,
         "can_change": can_change(request.user, experiment),
-        "mean_accuracy": sum(scores) / len(scores) if scores else None,
-        "scored_runs": len(scores),
+        # The result of a configuration: the mean over its seeds, with a CI across seeds.
+        "final": seed_stats(scores),
+        "ci_method": CI_METHOD,
+        "single_seed": SINGLE_SEED,
+        "curves": experiment_curves(experiment, runs),
+        "band": BAND,
         "has_running": any(r.status == Run.Status.RUNNING for r in runs),
         "config_rows": sorted(
             visible_config(experiment.config).items(), key=lambda kv: _field_order(kv[0])

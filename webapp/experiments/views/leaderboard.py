@@ -1,4 +1,5 @@
-"""The leaderboard: one board per benchmark, the paper's number as a reference row on each."""
+"""The leaderboard: one board per benchmark, one row per configuration (its seeds grouped), the
+paper's number as a reference row on each."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from .. import leaderboard as boards_module
+from ..aggregate import CI_METHOD
 
 
 @login_required
@@ -19,5 +21,8 @@ def leaderboard(request: HttpRequest) -> HttpResponse:
         "ranked_boards": [b for b in boards if b.runs_count],
         "empty_boards": [b for b in boards if not b.runs_count],
         "paper": boards_module.PAPER,
+        "ci_method": CI_METHOD,
+        "reference_pm": boards_module.REFERENCE_PM,
+        "max_rows": boards_module.MAX_ROWS,
     }
     return render(request, "experiments/leaderboard.html", context)

@@ -52,10 +52,26 @@ def test_runs_of_different_benchmarks_get_different_boards(client, owner, make_r
     assert twenty.get_absolute_url() in twenty_board
 
 
-def test_runs_tied_with_the_leader_are_marked(client, owner, make_run):
-    finished(make_run, owner, "leader", 0.80, ci=0.02, split="lake")
-    finished(make_run, owner, "close", 0.77, ci=0.015, split="lake")
-    finished(make_run, owner, "behind", 0.70, ci=0.01, split="lake")
+def test_configurations_tied_with_the_leader_are_marked(client, owner, make_run):
+    # Two seeds each; the interval across seeds is 12.706 * |a - b| / 2.
+    for name, accuracies, inner_iters in (
+        ("leader", (0.80, 0.80), 1),
+        ("close", (0.78, 0.79), 2),
+        ("behind", (0.70, 0.70), 3),
+    ):
+        experiment = None
+        for seed, acc in enumerate(accuracies):
+            run = finished(
+                make_run,
+                owner,
+                name,
+                acc,
+                split="lake",
+                seed=seed,
+                experiment=experiment,
+                config={"inner_iters": inner_iters},
+            )
+            experiment = run.experiment
     client.force_login(owner)
 
     section = board_section(
@@ -65,6 +81,28 @@ def test_runs_tied_with_the_leader_are_marked(client, owner, make_run):
     rows = section.split("<tr")[2:]  # skip the header row
     assert ["leader" in r for r in rows] == [True, False, False]
     assert ["badge-tie" in r for r in rows] == [False, True, False]
+    assert ["2 seeds" in r for r in rows] == [True, True, True]
+
+
+def test_seeds_are_grouped_with_their_runs_behind_a_toggle_and_partial_marked(
+    client, owner, make_run
+):
+    first = finished(make_run, owner, "grouped", 0.90, seed=0, iteration=400)
+    second = finished(
+        make_run, owner, "grouped", 0.94, seed=1, iteration=400, experiment=first.experiment
+    )
+    client.force_login(owner)
+
+    section = board_section(
+        client.get(URL).content.decode(), "omniglot-paper-5way-1shot-transductive"
+    )
+
+    toggle = section.split("<details")[1].split("</details>")[0]
+    assert first.get_absolute_url() in toggle and second.get_absolute_url() in toggle
+    assert "92.00 %" in section  # the mean of the two seeds
+    assert "badge-partial" in section  # 400 of the paper's 100,000 meta-iterations
+    paper_row = section.split("Reptile paper")[1].split("</tr>")[0]
+    assert "the paper does not say what it is" in paper_row
 
 
 def test_unfinished_failed_and_sine_runs_are_not_ranked(client, owner, make_run):

@@ -22,7 +22,6 @@ import metatrain
 from metatrain.checkpoint import INITIALIZATION_FILE
 from metatrain.config import preset
 from metatrain.data import omniglot_available
-from tests.e2e.test_browser import browser_page, plotly_served  # noqa: F401
 from webapp.experiments.models import Experiment, Run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

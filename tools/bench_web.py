@@ -173,17 +173,25 @@ def _get(port: int, path: str, headers: dict[str, str]) -> tuple[int, bytes, dic
         conn.close()
 
 
-def drive(port: int, endpoint: Endpoint, found: dict, clients: int, seconds: float) -> Result:
-    """`clients` threads requesting the endpoint back to back for `seconds`."""
+def drive(
+    port: int, endpoint: Endpoint, found: dict, clients: int, seconds: float, rate: float = 0.0
+) -> Result:
+    """`clients` threads requesting the endpoint for `seconds`: back to back (`rate` 0: the
+    most the server answers), or each at `rate` requests/s, a latency then counted from when
+    the request was due (a late server is not excused by the client having waited for it)."""
     headers = _headers(endpoint, found)
     result = Result(endpoint)
     lock = threading.Lock()
     deadline = 0.0
 
-    def client() -> None:
+    def client(offset: float) -> None:
         mine, errors = [], []
-        while time.perf_counter() < deadline:
-            t0 = time.perf_counter()
+        due = time.perf_counter() + offset
+        while due < deadline:
+            if rate:
+                time.sleep(max(0.0, due - time.perf_counter()))
+            t0 = due if rate else time.perf_counter()
+            due = (due + 1 / rate) if rate else time.perf_counter()
             try:
                 status, _, _ = _get(port, endpoint.path, headers)
             except OSError as exc:
@@ -197,16 +205,19 @@ def drive(port: int, endpoint: Endpoint, found: dict, clients: int, seconds: flo
             result.latencies.extend(mine)
             result.errors.extend(errors[:3])
 
+    # Paced clients start spread over one interval, as independent users would.
+    offsets = [i / (rate * clients) if rate else 0.0 for i in range(clients)]
     deadline = time.perf_counter() + min(1.0, seconds / 5)  # warm-up, not counted
-    warm = [threading.Thread(target=client) for _ in range(clients)]
+    warm = [threading.Thread(target=client, args=(0.0,)) for _ in range(clients)]
     for t in warm:
         t.start()
     for t in warm:
         t.join()
     result.latencies.clear()
+    result.errors.clear()
     start = time.perf_counter()
     deadline = start + seconds
-    threads = [threading.Thread(target=client) for _ in range(clients)]
+    threads = [threading.Thread(target=client, args=(o,)) for o in offsets]
     for t in threads:
         t.start()
     for t in threads:
@@ -239,10 +250,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="per endpoint")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--workers", type=int, default=3, help="gunicorn sync workers")
+    parser.add_argument(
+        "--rate", type=float, default=2.0, help="requests/s of each paced client (default 2)"
+    )
     parser.add_argument("--only", default="", help="measure only labels containing this text")
     args = parser.parse_args(argv)
-    if args.runs < 1 or args.seconds <= 0 or args.clients < 1 or args.workers < 1:
-        parser.error("--runs, --seconds, --clients and --workers must be positive")
+    if min(args.runs, args.seconds, args.clients, args.workers, args.rate) <= 0:
+        parser.error("--runs, --seconds, --clients, --workers and --rate must be positive")
 
     static_root = tempfile.mkdtemp(prefix="bench-web-static-")
     env = _env(args.database_url, static_root)
@@ -281,29 +295,41 @@ def main(argv: list[str] | None = None) -> int:
             f"({headers.get('Content-Encoding', 'uncompressed')}), "
             f"Cache-Control: {headers.get('Cache-Control', '-')}"
         )
+        print(
+            f"saturated: {args.clients} clients back to back (the most the server answers); "
+            f"paced: {args.clients} clients at {args.rate:g} requests/s each, latency counted "
+            "from when each request was due. Targets: p99 of the paced load; req/s of the "
+            "saturated load at least a third of the trivial endpoint's."
+        )
         print()
-        print(f"| {'endpoint':<46} | req/s | p50 ms | p99 ms | target p99 | verdict |")
-        print(f"|{'-' * 48}|------:|-------:|-------:|-----------:|---------|")
+        print(
+            f"| {'endpoint':<46} | saturated req/s | p50 ms | p99 ms | paced p50 ms | p99 ms "
+            "| target p99 | verdict |"
+        )
+        print(f"|{'-' * 48}|----------------:|-------:|-------:|-------------:|-------:"
+              "|-----------:|---------|")  # fmt: skip
         baseline = None
         for endpoint in endpoints(found):
             if args.only and args.only not in endpoint.label and baseline is not None:
                 continue
-            result = drive(port, endpoint, found, args.clients, args.seconds)
+            full = drive(port, endpoint, found, args.clients, args.seconds)
+            paced = drive(port, endpoint, found, args.clients, args.seconds, args.rate)
             if baseline is None:
-                baseline = result.rps
+                baseline = full.rps
             verdicts = []
-            if result.errors:
+            if full.errors or paced.errors:
                 failed = True
-                verdicts.append(f"ERRORS {result.errors[:2]}")
-            if endpoint.p99_ms is not None and not result.percentile(99) <= endpoint.p99_ms:
+                verdicts.append(f"ERRORS {(full.errors + paced.errors)[:2]}")
+            if endpoint.p99_ms is not None and not paced.percentile(99) <= endpoint.p99_ms:
                 verdicts.append("p99 over")
-            if result.rps < baseline / 3:
+            if full.rps < baseline / 3:
                 verdicts.append("req/s < baseline/3")
             missed = missed or bool(verdicts)
             target = f"{endpoint.p99_ms:g} ms" if endpoint.p99_ms else "-"
             print(
-                f"| {endpoint.label:<46} | {result.rps:5.0f} | {result.percentile(50):6.1f} "
-                f"| {result.percentile(99):6.1f} | {target:>10} | {', '.join(verdicts) or 'ok'} |",
+                f"| {endpoint.label:<46} | {full.rps:15.0f} | {full.percentile(50):6.1f} "
+                f"| {full.percentile(99):6.1f} | {paced.percentile(50):12.1f} "
+                f"| {paced.percentile(99):6.1f} | {target:>10} | {', '.join(verdicts) or 'ok'} |",
                 flush=True,
             )
     finally:

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from django.http import Http404, HttpRequest
 from ninja import Path, Query, Router, Status
 
-from webapp.experiments import metrics_series, services
+from webapp.experiments import metrics_series, series_summaries, services
 from webapp.experiments.access import get_run_for_user, visible_config
 from webapp.experiments.artifacts import download_response
 from webapp.experiments.exports import metrics_csv_response
@@ -21,7 +21,13 @@ from webapp.experiments.filtering import DEFAULT_SORT, SORTS, RunFilters, filter
 from webapp.experiments.models import Run
 
 from .auth import user_of
-from .outputs import evaluation_data, run_data, run_detail_data, series_data
+from .outputs import (
+    evaluation_data,
+    kept_metrics_response,
+    run_data,
+    run_detail_data,
+    series_data,
+)
 from .schemas import (
     INT32_MAX,
     PAGE_LIMIT_MAX,
@@ -146,6 +152,12 @@ def run_metrics(
             raise FieldErrors([("names", f"At most {MAX_NAMES} names of 64 characters.")])
     if from_step is not None and to_step is not None and from_step > to_step:
         raise FieldErrors([("to_step", "to_step must be at least from_step.")])
+    if after_step is None and from_step is None and to_step is None:
+        # A stopped run's whole series, kept once computed: sent as stored.
+        shown = all_names if wanted is None else wanted
+        kept = series_summaries.load_json(run, shown, max_points)
+        if shown and len(kept) == len(shown):
+            return kept_metrics_response(run.pk, all_names, {n: kept[n] for n in shown})
     data = metrics_series.series(
         run,
         wanted,

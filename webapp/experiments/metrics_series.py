@@ -135,7 +135,8 @@ def series(
 
     `names` None means every series of the run; an unknown name gives an empty series.
 
-    A stopped run's whole series are computed once and then read from `series_summaries`.
+    A stopped run's whole series are computed once and then read from `series_summaries`
+    (their values then at `presentation.round_metric`'s precision, as the server sends them).
     """
     if max_points < MIN_MAX_POINTS:
         raise ValueError(f"max_points must be at least {MIN_MAX_POINTS}")
@@ -164,7 +165,7 @@ def series(
     kept = series_summaries.load(run, names, max_points) if whole else {}
     computed = _whole_series(points, [n for n in names if n not in kept], max_points)
     if whole:
-        series_summaries.store(
+        computed |= series_summaries.store(
             run, max_points, {n: data for n, data in computed.items() if data["steps"]}
         )
     return {name: kept[name] if name in kept else computed[name] for name in names}

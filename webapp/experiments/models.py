@@ -304,7 +304,8 @@ class SeriesSummary(models.Model):
     attempt = models.IntegerField(help_text="the run's attempt whose points it summarises")
     name = models.CharField(max_length=64)
     max_points = models.IntegerField()
-    data = models.JSONField(help_text="the series as metrics_series.series() returns it")
+    # JSON text rather than a JSON column: the API sends it as it is, without decoding it.
+    body = models.TextField(help_text="the series as JSON, values at presentation's precision")
 
     class Meta:
         constraints = [

@@ -69,7 +69,7 @@ def test_it_keeps_neither_windows_tails_nor_unknown_names(stopped):
 def test_it_ignores_a_summary_of_an_earlier_attempt(stopped):
     """A request that bucketed the old points and stored them after a resume began is harmless."""
     SeriesSummary.objects.create(
-        run=stopped, attempt=0, name="loss", max_points=MAX_POINTS, data={"stale": True}
+        run=stopped, attempt=0, name="loss", max_points=MAX_POINTS, body='{"stale": true}'
     )
 
     assert "stale" not in series(stopped, names=["loss"], max_points=MAX_POINTS)["loss"]

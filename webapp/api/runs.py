@@ -160,7 +160,7 @@ def run_metrics(
             return kept_metrics_response(run.pk, all_names, {n: kept[n] for n in shown})
     data = metrics_series.series(
         run,
-        wanted,
+        all_names if wanted is None else wanted,  # the names are read once, above
         after_step=after_step,
         max_points=max_points,
         from_step=from_step,

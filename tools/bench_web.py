@@ -7,11 +7,14 @@ What it does:
    same shape does nothing), `collectstatic` into a temporary folder.
 2. Starts gunicorn with the production settings (DEBUG off, 3 sync workers, --preload), the
    command line of the Dockerfile, on a free local port.
-3. Drives each endpoint in turn with `--clients` threads (one HTTP request after another each,
-   a new connection per request as gunicorn's sync workers close them) for `--seconds`, after
-   a short warm-up, and prints requests/s, p50 and p99 beside the targets of issue 17. The
-   first endpoint is a trivial authenticated one (`/api/presets`): the baseline that every
-   other endpoint's requests/s is compared to.
+3. Drives each endpoint in turn with `--clients` threads (a new connection per request, as
+   gunicorn's sync workers close them), after a short warm-up, twice for `--seconds`:
+   saturated (each client sends its next request as soon as the last is answered: the most
+   requests/s the server gives; latency there is mostly waiting in line, clients / throughput)
+   and paced (each client at `--rate` requests/s, latency counted from when the request was
+   due: what a user waits at that load). Prints requests/s, p50 and p99 of both beside the
+   targets. The first endpoint is a trivial authenticated one (`/api/presets`): the baseline
+   that every other endpoint's saturated requests/s is compared to.
 
 The load generator runs on the same machine as the server and takes its share of the CPUs, as
 a browser on the same laptop would; the figures are for comparing, on one machine.
@@ -254,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         "--rate", type=float, default=2.0, help="requests/s of each paced client (default 2)"
     )
     parser.add_argument("--only", default="", help="measure only labels containing this text")
+    parser.add_argument("--skip", default="", help="leave out labels containing this text")
     args = parser.parse_args(argv)
     if min(args.runs, args.seconds, args.clients, args.workers, args.rate) <= 0:
         parser.error("--runs, --seconds, --clients, --workers and --rate must be positive")
@@ -310,7 +314,10 @@ def main(argv: list[str] | None = None) -> int:
               "|-----------:|---------|")  # fmt: skip
         baseline = None
         for endpoint in endpoints(found):
-            if args.only and args.only not in endpoint.label and baseline is not None:
+            if baseline is not None and (
+                (args.only and args.only not in endpoint.label)
+                or (args.skip and args.skip in endpoint.label)
+            ):
                 continue
             full = drive(port, endpoint, found, args.clients, args.seconds)
             paced = drive(port, endpoint, found, args.clients, args.seconds, args.rate)

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast worker lint format bench chaos clean
+.PHONY: run test test-fast worker lint format bench bench-web chaos clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,14 @@ format: $(STAMP)
 ## make bench: the training library against a plain per-task loop (prints figures).
 bench: $(STAMP)
 	$(PY) -m metatrain bench
+
+## make bench-web: the dashboard under load: gunicorn as production runs it against a database
+## seeded by `manage.py seed_load`, 8 clients per endpoint; prints req/s, p50, p99 and targets.
+## DATABASE_URL picks the database (default: SQLite in var/); more through BENCH_WEB_ARGS, e.g.
+## make bench-web DATABASE_URL=postgres://user@host/db BENCH_WEB_ARGS="--runs 10000 --points 200"
+BENCH_WEB_ARGS ?=
+bench-web: $(STAMP)
+	$(PY) tools/bench_web.py $(BENCH_WEB_ARGS)
 
 ## make chaos N=5: SIGKILL training workers at random moments against a throwaway database and
 ## Redis; reports detection time, recovery and metric integrity (exit 1 if a run was not recovered).

@@ -15,7 +15,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from ninja import Path, Query, Router, Status
 
 from metatrain.checkpoint import INITIALIZATION_FILE
-from webapp.experiments import metrics_series, services
+from webapp.experiments import metrics_series, series_summaries, services
 from webapp.experiments.access import get_run_for_user, visible_config
 from webapp.experiments.artifacts import checkpoint_weights, download_name, download_response
 from webapp.experiments.errors import QuotaExceeded
@@ -25,7 +25,13 @@ from webapp.experiments.models import Run
 
 from .auth import user_of
 from .labels import set_labels_or_422
-from .outputs import evaluation_data, run_data, run_detail_data, series_data
+from .outputs import (
+    evaluation_data,
+    kept_metrics_response,
+    run_data,
+    run_detail_data,
+    series_data,
+)
 from .schemas import (
     INT32_MAX,
     PAGE_LIMIT_MAX,
@@ -194,9 +200,15 @@ def run_metrics(
             raise FieldErrors([("names", f"At most {MAX_NAMES} names of 64 characters.")])
     if from_step is not None and to_step is not None and from_step > to_step:
         raise FieldErrors([("to_step", "to_step must be at least from_step.")])
+    if after_step is None and from_step is None and to_step is None:
+        # A stopped run's whole series, kept once computed: sent as stored.
+        shown = all_names if wanted is None else wanted
+        kept = series_summaries.load_json(run, shown, max_points)
+        if shown and len(kept) == len(shown):
+            return kept_metrics_response(run.pk, all_names, {n: kept[n] for n in shown})
     data = metrics_series.series(
         run,
-        wanted,
+        all_names if wanted is None else wanted,  # the names are read once, above
         after_step=after_step,
         max_points=max_points,
         from_step=from_step,

@@ -17,6 +17,7 @@ from django.db import connection
 from django.db.models import Count, F, IntegerField, Max, Min, QuerySet
 from django.db.models.expressions import ExpressionWrapper
 
+from . import series_summaries
 from .models import MetricPoint, Run
 
 DEFAULT_MAX_POINTS = 1500
@@ -133,6 +134,9 @@ def series(
     before bucketing: a zoomed chart asks for the finer data of the range it shows.
 
     `names` None means every series of the run; an unknown name gives an empty series.
+
+    A stopped run's whole series are computed once and then read from `series_summaries`
+    (their values then at `presentation.round_metric`'s precision, as the server sends them).
     """
     if max_points < MIN_MAX_POINTS:
         raise ValueError(f"max_points must be at least {MIN_MAX_POINTS}")
@@ -157,6 +161,20 @@ def series(
             out[name] = _raw(tail)
         return out
 
+    whole = from_step is None and to_step is None
+    kept = series_summaries.load(run, names, max_points) if whole else {}
+    computed = _whole_series(points, [n for n in names if n not in kept], max_points)
+    if whole:
+        computed |= series_summaries.store(
+            run, max_points, {n: data for n, data in computed.items() if data["steps"]}
+        )
+    return {name: kept[name] if name in kept else computed[name] for name in names}
+
+
+def _whole_series(points: QuerySet, names: list[str], max_points: int) -> dict[str, dict]:
+    """Each named series of `points`, raw when short enough, else bucketed."""
+    if not names:
+        return {}
     stats = {
         row["name"]: row
         for row in points.filter(name__in=names)

@@ -422,3 +422,27 @@ class Worker(models.Model):
 
     class Meta:
         ordering = ["hostname"]
+
+
+class SeriesSummary(models.Model):
+    """A finished run's bucketed series, kept so a chart does not re-read 100,000 points.
+
+    Written by `series_summaries` the first time a stopped run's whole series is asked for at
+    a given resolution. Stamped with the run's attempt: a summary is served only while the run
+    is stopped at that same attempt, and a resumed attempt deletes the run's summaries in the
+    fenced transaction that deletes the steps it will rewrite.
+    """
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="series_summaries")
+    attempt = models.IntegerField(help_text="the run's attempt whose points it summarises")
+    name = models.CharField(max_length=64)
+    max_points = models.IntegerField()
+    # JSON text rather than a JSON column: the API sends it as it is, without decoding it.
+    body = models.TextField(help_text="the series as JSON, values at presentation's precision")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["run", "name", "max_points"], name="unique_series_summary"
+            )
+        ]

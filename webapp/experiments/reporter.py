@@ -48,7 +48,7 @@ from django.utils import timezone
 
 from metatrain import Reporter
 
-from . import run_files, workers
+from . import run_files, series_summaries, workers
 from .lifecycle import held_by
 from .models import Evaluation, MetricPoint, Run, RunAttempt
 
@@ -460,6 +460,7 @@ class DbReporter(Reporter):
 
     def _forget_after(self, step: int) -> None:
         MetricPoint.objects.filter(run_id=self.run.pk, step__gt=step).delete()
+        series_summaries.forget(self.run.pk)  # they summarise the steps just deleted
         Evaluation.objects.filter(
             run_id=self.run.pk, kind=Evaluation.Kind.VALIDATION, iteration__gt=step
         ).delete()

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
 from webapp.accounts.models import ApiToken
 from webapp.experiments.models import Experiment, Run
@@ -88,6 +91,25 @@ def test_a_token_writes_without_csrf_and_records_its_use(owner):
     assert Experiment.objects.get().owner == owner
     token.refresh_from_db()
     assert token.last_used_at is not None
+
+
+def test_a_token_records_its_use_at_most_once_a_minute(owner):
+    token, raw = ApiToken.issue(owner, "script")
+    client = Client(headers={"Authorization": f"Bearer {raw}"})
+    client.get("/api/runs")
+    token.refresh_from_db()
+    first = token.last_used_at
+
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get("/api/runs").status_code == 200
+    token.refresh_from_db()
+    assert token.last_used_at == first
+    assert not [q for q in queries if q["sql"].startswith("UPDATE")]
+
+    ApiToken.objects.filter(pk=token.pk).update(last_used_at=first - timedelta(minutes=2))
+    client.get("/api/runs")
+    token.refresh_from_db()
+    assert token.last_used_at > first
 
 
 def test_a_session_user_may_read(owner):

@@ -146,7 +146,8 @@ def run_list(request: HttpRequest) -> HttpResponse:
         "runs": page.object_list,
         "filters": filters,
         "statuses": Run.Status.choices,
-        "datasets": sorted(set(Run.objects.values_list("dataset", flat=True).distinct())),
+        # order_by(): without it the default ordering joins the DISTINCT (one row per run).
+        "datasets": sorted(Run.objects.order_by().values_list("dataset", flat=True).distinct()),
         # Every algorithm the library has, by name and label: the filter never depends on
         # which ones happen to have runs.
         "algorithms": [(name, algorithm.label) for name, algorithm in ALGORITHMS.items()],

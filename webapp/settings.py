@@ -412,6 +412,9 @@ QUOTA_MAX_DATASETS = env_quota("QUOTA_MAX_DATASETS", 20)
 # Runs one sweep may plan (configurations x seeds): the form and the API refuse more. A sweep
 # queues its configurations a few at a time, so the quotas above still apply as it goes.
 SWEEP_MAX_RUNS = env_quota("SWEEP_MAX_RUNS", 500)
+# The most seconds a process shows a leaderboard it built before (it is built again at once when
+# a run succeeds, is re-evaluated or is deleted; this bounds only how long a rename shows late).
+LEADERBOARD_CACHE_SECONDS = env_int("LEADERBOARD_CACHE_SECONDS", 30)
 QUOTA_MAX_DATASET_BYTES = env_quota("QUOTA_MAX_DATASET_BYTES", 10 * 1024**3)
 
 # The database unreachable (OperationalError, InterfaceError): the API answers a JSON 503 and

@@ -32,6 +32,14 @@ def fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(autouse=True)
+def fresh_leaderboard() -> None:
+    """Each test starts with no leaderboard kept from another test's database rows."""
+    from webapp.experiments import leaderboard_cache
+
+    leaderboard_cache.forget()
+
+
 @pytest.fixture
 def make_user(db):
     def make(username: str | None = None, **extra):

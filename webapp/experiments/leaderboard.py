@@ -30,6 +30,7 @@ from django.urls import reverse
 from metatrain import PRESETS
 from metatrain.algorithms import ALGORITHMS
 
+from . import leaderboard_cache
 from .aggregate import CI_METHOD, from_moments
 from .models import Run
 
@@ -412,7 +413,15 @@ def boards(*, include_reference_only: bool = False, limit: int = DEFAULT_ROWS) -
     """Every benchmark with at least one ranked configuration (Omniglot first, then
     Mini-ImageNet), each with the paper's row where the paper has one and its best `limit`
     configurations. `include_reference_only` adds the paper's benchmarks nobody has run yet.
-    A few grouped queries per benchmark, whatever the number of runs."""
+    A few grouped queries per benchmark, whatever the number of runs; kept between changes of
+    the finished runs (leaderboard_cache)."""
+    return leaderboard_cache.kept(
+        ("boards", include_reference_only, _limit(limit)),
+        lambda: _boards(include_reference_only, limit),
+    )
+
+
+def _boards(include_reference_only: bool, limit: int) -> list[Board]:
     runs = _finished_runs()
     summaries = _summaries(runs)
     keys = set(summaries)

@@ -519,8 +519,8 @@ _MINIIMAGENET: dict[str, Any] = {
     "train_shots": 15,
 }
 # Sine regression, after the Reptile sine demo (openai.com/blog/reptile): plain SGD with
-# step 0.02 on the mean squared error; each training task is one epoch over 50 points in
-# mini-batches of 10 (5 steps); one task per outer step with step size 0.1 annealed to 0
+# step 0.02 on the mean squared error; each training task is one epoch over the demo's 50
+# evenly spaced points of [-5, 5] (sine_version 2), shuffled, in mini-batches of 10 (5 steps); one task per outer step with step size 0.1 annealed to 0
 # over 30,000 steps; evaluation adapts 32 full-batch steps on K = 10 points and measures the
 # error on a dense grid of [-5, 5].
 _SINE: dict[str, Any] = {

@@ -65,8 +65,8 @@ class SineTaskSampler:
         self.points = points
         self.grid = grid
         self._support_grid = np.linspace(X_RANGE[0], X_RANGE[1], points, dtype=np.float64)[:, None]
-        grid = np.linspace(X_RANGE[0], X_RANGE[1], query_points, dtype=np.float64)
-        self._grid = grid[:, None]
+        query = np.linspace(X_RANGE[0], X_RANGE[1], query_points, dtype=np.float64)
+        self._grid = query[:, None]
         self._query_x = torch.from_numpy(self._grid.astype(np.float32))
 
     def sample(self) -> SineTask:

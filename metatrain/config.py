@@ -129,7 +129,9 @@ _FIELD_HELP: dict[str, str] = {
     "queries": "Held-out examples per class to classify in an evaluation task (paper: 1).",
     "algorithm": "Meta-learning algorithm: Reptile or first-order MAML.",
     "fomaml_tail_shots": "FOMAML only: extra examples per class, disjoint from the inner-loop "
-    "ones, forming the final mini-batch whose update is the meta-gradient.",
+    "ones, forming the final mini-batch whose update is the meta-gradient (the paper code's "
+    "--foml-tail); 0: the last of the inner_iters mini-batches is that batch (its --foml alone, "
+    "the paper's section 6).",
     "inner_optimizer": "Inner-loop optimizer: Adam with beta1 = 0 (the paper) or plain SGD.",
     "inner_lr": "Inner-loop learning rate. Classification uses the summed (not averaged) "
     "cross-entropy of a mini-batch, as the paper's code; sine uses the mean squared error.",

@@ -501,6 +501,7 @@ def cmd_evaluate(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
             seed=args.seed,
             reporter=progress,
             compute=_compute(args),
+            fresh_optimizer=args.fresh_optimizer,
         )
     progress.finish(result.tasks)
     if result.stopped:
@@ -645,6 +646,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=_non_negative, metavar="S", help="seed of the tasks")
     p.add_argument("--split", choices=("test", "validation"), default="test")
+    p.add_argument(
+        "--fresh-optimizer",
+        action="store_true",
+        help="start every task's Adam fresh, from the initialization alone (as a user who has "
+        "only initialization.safetensors); default: the training run's Adam moments from the "
+        "checkpoint, as the paper's code evaluates (the result's inner_optimizer_state says "
+        "which)",
+    )
     _add_compute_options(p, cuda_graphs=True)
 
     p = sub.add_parser(

@@ -17,17 +17,19 @@ Update rules (eps = the annealed outer step size, n = meta_batch, theta = meta-w
 - Reptile: phi_i = the weights after ``inner_iters`` mini-batches of ``inner_batch`` on task
   i's ``train_shots`` examples per class; theta <- theta + eps * (mean_i phi_i - theta), the
   paper code's ``interpolate_vars(old, average_vars(new), eps)``.
-- FOMAML (the paper code's ``FOML`` with ``tail_shots``): ``inner_iters - 1`` mini-batches on
-  the ``train_shots`` examples, then one step on the tail batch (all ``fomaml_tail_shots``
-  further examples per class, never seen by the inner loop); that step's weight change
-  u_i = phi_i - phi_i' is the meta-gradient direction: theta <- theta + eps * mean_i u_i.
-  With SGD, u_i = -inner_lr * grad L_tail(phi_i'), the first-order MAML gradient at the
+- FOMAML (the paper code's ``FOML``, its section 6): the weight change u_i = phi_i - phi_i' of
+  the inner loop's last step is the meta-gradient direction: theta <- theta + eps * mean_i u_i.
+  With SGD, u_i = -inner_lr * grad L_last(phi_i'), the first-order MAML gradient at the
   adapted weights scaled by inner_lr; with Adam it is Adam's step, as in the paper's code.
-  One difference to that code: its tail is carved out of ``train_shots``; here it is drawn
-  in addition, so ``train_shots`` means the same for both algorithms. (The paper code's
-  other tail, ``tail_shots=None``, takes u_i from the last of ``inner_iters`` mini-batches
-  of the same examples; it would be ``FOMAML.task_share`` splitting ``order`` at its last
-  row, and ``fomaml_tail_shots``'s minimum 0 meaning it.)
+  Which batch that last step takes is ``fomaml_tail_shots``:
+
+  - 0, the shared tail (the paper code's ``--foml`` without ``--foml-tail``): ``inner_iters``
+    mini-batches of the ``train_shots`` examples, as Reptile's; u_i is the last one's step.
+  - k > 0, a separate tail (``--foml-tail k``): ``inner_iters - 1`` mini-batches of the
+    ``train_shots`` examples, then one step on all k further examples per class, never seen
+    by the inner loop. One difference to that code: its tail is carved out of
+    ``train_shots``; here it is drawn in addition, so ``train_shots`` means the same for both
+    algorithms.
 
 The inner loss: classification minimises the *summed* cross-entropy of a mini-batch (the
 paper's TF code differentiates the vector of per-example losses); sine regression the mean
@@ -214,15 +216,21 @@ class Reptile(Algorithm):
 
 
 class FOMAML(Algorithm):
-    """theta <- theta + eps * mean_i (the last inner step's update, taken on the tail batch)."""
+    """theta <- theta + eps * mean_i (the last inner step's update: on the last mini-batch
+    (``fomaml_tail_shots`` 0) or on a held-out tail batch)."""
 
     name = "fomaml"
     label = "FOMAML"
-    description = "first-order MAML: the last inner step's update, on a held-out tail batch"
-    fields = {"fomaml_tail_shots": 1}
+    description = (
+        "first-order MAML: the last inner step's update, on the last mini-batch "
+        "(fomaml_tail_shots 0) or on a held-out tail batch"
+    )
+    fields = {"fomaml_tail_shots": 0}
 
     def inner_steps(self, config: Settings) -> int:
-        return config.inner_iters - 1  # the last step is the tail's
+        if config.fomaml_tail_shots == 0:
+            return config.inner_iters  # the last mini-batch is the tail
+        return config.inner_iters - 1  # the last step is the separate tail's
 
     def tail_shots(self, config: Settings) -> int:
         return config.fomaml_tail_shots
@@ -234,11 +242,18 @@ class FOMAML(Algorithm):
         order: np.ndarray,
         scratch: list[torch.Tensor],
     ) -> Sequence[torch.Tensor]:
-        adapter.adapt(task[0], task[1], order)
+        # A task without tail examples (fomaml_tail_shots 0) shares its tail: the last row of
+        # ``order``, on the last axis but one (``order`` is (steps, batch), or (tasks, steps,
+        # batch) when stacked).
+        shared = task[2].numel() == 0
+        adapter.adapt(task[0], task[1], order[..., :-1, :] if shared else order)
         params = [p.detach() for p in adapter.params]
         with torch.no_grad():
             torch._foreach_copy_(scratch, params)  # phi_i'
-        adapter.step(task[2], task[3])
+        if shared:
+            adapter.adapt(task[0], task[1], order[..., -1:, :])
+        else:
+            adapter.step(task[2], task[3])
         with torch.no_grad():
             torch._foreach_sub_(scratch, [p.detach() for p in adapter.params])
             torch._foreach_neg_(scratch)  # phi_i - phi_i'

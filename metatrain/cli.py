@@ -1,10 +1,10 @@
-"""The command line: ``python -m metatrain presets | train | evaluate | bench``.
+"""The command line: ``python -m metatrain presets | train | evaluate | split | bench``.
 
 Exit codes: 0 success; 2 a bad argument of any kind (unknown preset, invalid value, missing
 run folder or data, a checkpoint of another config), always with one line on stderr and no
 traceback, so scripts can tell "you asked for something impossible" from a crash (1, with a
 traceback); 130 interrupted by Ctrl-C, 143 by SIGTERM (training writes a checkpoint first and
-says how to resume). Machine-readable results (``evaluate``, ``presets --json``, ``bench --json``) go to
+says how to resume). Machine-readable results (``evaluate``, ``split``, ``presets --json``, ``bench --json``) go to
 stdout; progress and messages go to stderr, so stdout can be piped into ``jq``.
 """
 
@@ -31,7 +31,7 @@ from .checkpoint import (
     load_checkpoint,
     read_document,
 )
-from .config import PRESETS, Config, ConfigError, preset
+from .config import PRESETS, VERSIONED_FIELDS, Config, ConfigError, preset
 from .data import DataError
 from .engine.compute import Compute
 from .reporting import PrintReporter, Reporter
@@ -312,6 +312,20 @@ def cmd_presets(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     return EXIT_OK
 
 
+# --- split ------------------------------------------------------------------------------------
+
+
+def cmd_split(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    """The Omniglot split's characters, ``{"train": [...], "test": [...]}``, in its order."""
+    from .data import omniglot_names, split_order
+
+    names, num_background = omniglot_names(args.data_dir)  # DataError -> exit 2
+    train, test = split_order(names, num_background, args.split, args.split_seed, args.version)
+    out.write(json.dumps({"train": [names[i] for i in train], "test": [names[i] for i in test]}))
+    out.write("\n")
+    return EXIT_OK
+
+
 # --- train ------------------------------------------------------------------------------------
 
 
@@ -487,6 +501,7 @@ def cmd_evaluate(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
             seed=args.seed,
             reporter=progress,
             compute=_compute(args),
+            fresh_optimizer=args.fresh_optimizer,
         )
     progress.finish(result.tasks)
     if result.stopped:
@@ -631,7 +646,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=_non_negative, metavar="S", help="seed of the tasks")
     p.add_argument("--split", choices=("test", "validation"), default="test")
+    p.add_argument(
+        "--fresh-optimizer",
+        action="store_true",
+        help="start every task's Adam fresh, from the initialization alone (as a user who has "
+        "only initialization.safetensors); default: the training run's Adam moments from the "
+        "checkpoint, as the paper's code evaluates (the result's inner_optimizer_state says "
+        "which)",
+    )
     _add_compute_options(p, cuda_graphs=True)
+
+    p = sub.add_parser(
+        "split",
+        help="list an Omniglot split's characters; prints one JSON object",
+        description='Print {"train": [...], "test": [...]} of "ALPHABET/characterNN" names, '
+        "each in the split's own (shuffled) order; validation_classes takes the last ones of "
+        "train. Reads only file names.",
+    )
+    p.add_argument("--split", choices=("paper", "lake"), default="paper")
+    p.add_argument("--split-seed", type=_non_negative, default=0, metavar="S", help="default 0")
+    p.add_argument(
+        "--split-version",
+        dest="version",
+        type=int,
+        choices=VERSIONED_FIELDS["split_version"],
+        default=VERSIONED_FIELDS["split_version"][1],
+        help="2 (default): the paper code's procedure; 1: the order of runs made before it",
+    )
+    p.add_argument("--data-dir", metavar="DIR", help="default: $METATRAIN_DATA/omniglot")
 
     p = sub.add_parser(
         "bench",
@@ -691,6 +733,8 @@ def main(
             return cmd_train(args, argv, out, err)
         if args.command == "evaluate":
             return cmd_evaluate(args, out, err)
+        if args.command == "split":
+            return cmd_split(args, out, err)
         return cmd_bench(args, out, err)
     except UsageError as exc:
         err.write(f"{exc.prog or prog}: error: {_one_line(exc)}\n")

@@ -28,6 +28,7 @@ __all__ = [
     "field_specs",
     "OMNIGLOT_CLASS_COUNTS",
     "OMNIGLOT_IMAGES_PER_CLASS",
+    "VERSIONED_FIELDS",
 ]
 
 # Omniglot facts used by the static checks (the data loader checks them again for real).
@@ -65,6 +66,7 @@ _SPEC: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "data_dir": ("optstr", None),
     "split": ("str", ("paper", "lake")),
     "split_seed": ("int", None),
+    "split_version": ("int", None),
     "validation_classes": ("int", None),
     "augment_rotations": ("bool", None),
     "image_size": ("int", None),
@@ -94,14 +96,26 @@ _SPEC: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "final_eval_tasks": ("int", None),
     "seed": ("int", None),
     "sine_points": ("int", None),
+    "sine_version": ("int", None),
 }
+
+#: Fields that name the version of a procedure (how the paper split is drawn, where sine
+#: training tasks put their x): field -> (legacy, current). A config recorded before the field
+#: existed lacks it and was trained with the legacy version, so ``from_dict`` reads it so;
+#: a field at its legacy version is left out of the hash, so those configs keep their hash
+#: (and their checkpoints and recorded runs keep matching). New configs get the current one.
+VERSIONED_FIELDS: dict[str, tuple[int, int]] = {"split_version": (1, 2), "sine_version": (1, 2)}
 
 _FIELD_HELP: dict[str, str] = {
     "dataset": "Which data: Omniglot, a Mini-ImageNet-style image folder, or sine regression.",
     "data_dir": "The dataset's own folder; empty: $METATRAIN_DATA/omniglot (or /miniimagenet).",
     "split": "Omniglot classes: 'paper' (1,623 characters shuffled, 1,200 train / 423 test) "
     "or 'lake' (30 background / 20 evaluation alphabets).",
-    "split_seed": "Seed of the paper split's shuffle (recorded so the split can be rebuilt).",
+    "split_seed": "Seed of the split's shuffle: Python's random.Random(split_seed).shuffle, "
+    "as the paper's code (whose seed is 0); recorded so the split can be rebuilt.",
+    "split_version": "How the split is drawn: 2 (current) the paper code's own procedure "
+    "(all 50 alphabets merged, sorted, shuffled by Python's random); 1 the order used before "
+    "(background first, numpy's generator), kept so older runs stay what they were.",
     "validation_classes": "Training characters (before rotation) held out for periodic "
     "validation; 0 keeps all of them for training (the paper) and validates on test classes.",
     "augment_rotations": "Add each training class rotated by 90, 180 and 270 degrees as new "
@@ -115,7 +129,9 @@ _FIELD_HELP: dict[str, str] = {
     "queries": "Held-out examples per class to classify in an evaluation task (paper: 1).",
     "algorithm": "Meta-learning algorithm: Reptile or first-order MAML.",
     "fomaml_tail_shots": "FOMAML only: extra examples per class, disjoint from the inner-loop "
-    "ones, forming the final mini-batch whose update is the meta-gradient.",
+    "ones, forming the final mini-batch whose update is the meta-gradient (the paper code's "
+    "--foml-tail); 0: the last of the inner_iters mini-batches is that batch (its --foml alone, "
+    "the paper's section 6).",
     "inner_optimizer": "Inner-loop optimizer: Adam with beta1 = 0 (the paper) or plain SGD.",
     "inner_lr": "Inner-loop learning rate. Classification uses the summed (not averaged) "
     "cross-entropy of a mini-batch, as the paper's code; sine uses the mean squared error.",
@@ -138,6 +154,9 @@ _FIELD_HELP: dict[str, str] = {
     "final_eval_tasks": "Tasks for the final test evaluation (paper: 10,000).",
     "seed": "Seeds everything: initialization, task sampling, mini-batches, evaluation tasks.",
     "sine_points": "Sine only: K, the points given to adapt in an evaluation task.",
+    "sine_version": "Sine only: where a training task's x lie. 2 (current): train_shots evenly "
+    "spaced points over [-5, 5], shuffled into mini-batches, as the Reptile sine demo; 1: "
+    "drawn uniformly at random (older runs).",
 }
 
 
@@ -149,6 +168,7 @@ class Config:
     data_dir: str | None = None
     split: str = "paper"
     split_seed: int = 0
+    split_version: int = 2
     validation_classes: int = 0
     augment_rotations: bool = True
     image_size: int = 28
@@ -178,6 +198,7 @@ class Config:
     final_eval_tasks: int = 10_000
     seed: int = 0
     sine_points: int = 10
+    sine_version: int = 2
 
     FIELD_HELP: ClassVar[dict[str, str]] = _FIELD_HELP
     #: field -> its allowed values, for the fields that take one of a few.
@@ -195,7 +216,9 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Config:
-        """A validated Config from plain JSON-like data; missing keys take their defaults."""
+        """A validated Config from plain JSON-like data; missing keys take their defaults,
+        except a missing version field (``VERSIONED_FIELDS``), which takes its legacy
+        version: data without it was recorded before it existed."""
         if not isinstance(data, Mapping):
             raise ConfigError(
                 "config", f"expected a mapping of field names, got {type(data).__name__}"
@@ -203,7 +226,8 @@ class Config:
         for key in data:
             if key not in _SPEC:
                 raise ConfigError(str(key), "unknown field")
-        return cls(**dict(data))
+        legacy = {name: old for name, (old, _) in VERSIONED_FIELDS.items()}
+        return cls(**{**legacy, **dict(data)})
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict, fields in declaration order."""
@@ -214,13 +238,21 @@ class Config:
 
         ``data_dir`` says where the files are on this host, not what was trained: it is hashed
         as None, so a run resumes on another host whose data lives elsewhere (and the hash of
-        a config without ``data_dir`` is what it always was)."""
-        return _sha256_json({**self.to_dict(), "data_dir": None})
+        a config without ``data_dir`` is what it always was). Version fields at their legacy
+        version are left out, so configs recorded before they existed keep their hash."""
+        return _sha256_json({**self._hashed(), "data_dir": None})
 
     def legacy_config_hash(self) -> str:
         """The hash of every field, ``data_dir`` included, as checkpoints written before
         ``config_hash`` left it out recorded it."""
-        return _sha256_json(self.to_dict())
+        return _sha256_json(self._hashed())
+
+    def _hashed(self) -> dict[str, Any]:
+        return {
+            name: value
+            for name, value in self.to_dict().items()
+            if name not in VERSIONED_FIELDS or value != VERSIONED_FIELDS[name][0]
+        }
 
     def hash_matches(self, stored: str) -> bool:
         """Whether ``stored`` (a checkpoint's or a run's recorded hash) is this config's, by
@@ -331,6 +363,9 @@ def _check_values(cfg: Config) -> None:
         if getattr(cfg, name) > _MAX_SEED:
             raise ConfigError(name, f"must be at most 2**63 - 1, got {getattr(cfg, name)}")
     _at_least(cfg, "ways", 2)
+    for name, (old, current) in VERSIONED_FIELDS.items():
+        if not old <= getattr(cfg, name) <= current:
+            raise ConfigError(name, f"must be {old} to {current}, got {getattr(cfg, name)}")
     if cfg.inner_lr <= 0:
         raise ConfigError("inner_lr", f"must be positive, got {cfg.inner_lr}")
     if not 0.0 <= cfg.adam_beta2 < 1.0:
@@ -486,8 +521,8 @@ _MINIIMAGENET: dict[str, Any] = {
     "train_shots": 15,
 }
 # Sine regression, after the Reptile sine demo (openai.com/blog/reptile): plain SGD with
-# step 0.02 on the mean squared error; each training task is one epoch over 50 points in
-# mini-batches of 10 (5 steps); one task per outer step with step size 0.1 annealed to 0
+# step 0.02 on the mean squared error; each training task is one epoch over the demo's 50
+# evenly spaced points of [-5, 5] (sine_version 2), shuffled, in mini-batches of 10 (5 steps); one task per outer step with step size 0.1 annealed to 0
 # over 30,000 steps; evaluation adapts 32 full-batch steps on K = 10 points and measures the
 # error on a dense grid of [-5, 5].
 _SINE: dict[str, Any] = {
@@ -524,9 +559,12 @@ _PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
     "sine": _SINE,
 }
 
+_CURRENT_VERSIONS = {name: current for name, (_, current) in VERSIONED_FIELDS.items()}
+
 #: name -> complete config dict (every field), validated at import.
 PRESETS: dict[str, dict[str, Any]] = {
-    name: Config.from_dict(values).to_dict() for name, values in _PRESET_OVERRIDES.items()
+    name: Config.from_dict({**_CURRENT_VERSIONS, **values}).to_dict()
+    for name, values in _PRESET_OVERRIDES.items()
 }
 
 

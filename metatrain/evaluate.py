@@ -14,8 +14,10 @@ support examples; classify the queries; restore the meta-weights (and the optimi
 Optimizer state (the paper's code restores all variables, Adam's moments included, after each
 evaluation task): with ``keep_adam_state`` every task starts from the state the evaluation
 started with: the training run's Adam moments when evaluating a run folder that has a
-checkpoint (as the paper's code, which evaluates in the training session), fresh otherwise.
-Without ``keep_adam_state`` every task starts from a fresh optimizer.
+checkpoint (as the paper's code, which evaluates in the training session), fresh otherwise,
+or when asked (``fresh_optimizer``: what a user who has only ``initialization.safetensors``
+gets). Without ``keep_adam_state`` every task starts from a fresh optimizer. The result's
+``inner_optimizer_state`` says which: "training", "fresh" or "stateless" (SGD).
 
 Sine regression reports the mean squared error on the task's dense grid before and after
 adaptation; ``accuracy`` is None and ``ci95`` is the interval of ``loss_after``.
@@ -217,6 +219,7 @@ def evaluate(
     seed: int | None = None,
     reporter: Reporter | None = None,
     compute: Compute | None = None,
+    fresh_optimizer: bool = False,
     **legacy: Any,
 ) -> EvalResult:
     """Evaluate a trained initialization on few-shot tasks of ``split``.
@@ -225,7 +228,9 @@ def evaluate(
     present, else ``initialization.safetensors``), a ``.safetensors`` or ``checkpoint.pt``
     file next to its ``config.json``, or an ``nn.Module`` (then ``config`` is required; the
     module itself is not modified). Unspecified values come from the config; ``tasks``
-    defaults to ``final_eval_tasks``. Tasks depend only on (seed, split): the same call gives
+    defaults to ``final_eval_tasks``. ``fresh_optimizer``: every task starts a fresh Adam even
+    where the checkpoint holds the training run's moments (the initialization alone, as a
+    user who downloads it evaluates it). Tasks depend only on (seed, split): the same call gives
     the same tasks. ``ways`` may be smaller than the network's output size (the extra outputs
     are ignored when predicting). ``compute``: where and how (``metatrain.Compute``; default
     the CPU or CUDA if available, one process): task workers evaluate tasks side by side on
@@ -261,7 +266,7 @@ def evaluate(
     channels_last = prepare_model(model, plan.device)
     learner = Learner.from_config(model, cfg, cuda_graphs=plan.cuda_graphs)
     state_name = "fresh"
-    if opt_state is not None and learner.keep_state:
+    if opt_state is not None and learner.keep_state and not fresh_optimizer:
         learner.load_optimizer_state(opt_state)
         state_name = "training"
     rng = seeding.eval_rng(cfg.seed, split)

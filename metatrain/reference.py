@@ -112,15 +112,21 @@ def fomaml_meta_step(
     rng: np.random.Generator,
 ) -> float:
     """theta <- theta + step_size * mean_i u_i, u_i the weight change of task i's last inner
-    step, taken on its tail batch after ``inner_iters - 1`` mini-batches of its other
-    examples. Returns the mean inner loss per example."""
+    step: with ``fomaml_tail_shots`` 0 the last of ``inner_iters`` mini-batches of its
+    examples (the paper code's ``--foml``); else its tail batch, after ``inner_iters - 1``
+    mini-batches of its other examples (``--foml-tail``). Returns the mean inner loss per
+    example."""
     theta = [p.detach().clone() for p in model.parameters()]
     updates, losses = [], []
+    shared = config.fomaml_tail_shots == 0
     for _ in range(config.meta_batch):
         support_x, support_y, tail_x, tail_y, *_ = sample_task()
         _start_task(model, optimizer, theta, config)
-        steps = config.inner_iters - 1
-        for x, y in mini_batches(support_x, support_y, config.inner_batch, steps, rng):
+        steps = config.inner_iters if shared else config.inner_iters - 1
+        batches = list(mini_batches(support_x, support_y, config.inner_batch, steps, rng))
+        if shared:
+            *batches, (tail_x, tail_y) = batches
+        for x, y in batches:
             losses.append(float(inner_step(model, optimizer, x, y, config)))
         before = [p.detach().clone() for p in model.parameters()]
         losses.append(float(inner_step(model, optimizer, tail_x, tail_y, config)))

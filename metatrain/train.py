@@ -97,7 +97,10 @@ def _training_tasks(
     """A function returning one training task (support, labels, tail, tail labels) on device."""
     tail = algorithm_of(config).tail_shots(config)
     if not config.is_classification:
-        sampler = SineTaskSampler(rng, config.train_shots + tail)
+        # sine_version 2: the demo's evenly spaced x (shuffled, so a FOMAML tail is a random
+        # subset of the grid); 1: uniform x, as runs made before it
+        grid = config.sine_version >= 2
+        sampler = SineTaskSampler(rng, config.train_shots + tail, grid=grid)
         k = config.train_shots
 
         def sample_sine() -> TaskTensors:

@@ -8,7 +8,14 @@ Public (see docs/metatrain-api.md): ``DataError``, ``omniglot_available``,
 from .base import ClassDataset, ClassSplits, DataError, RotatedClassDataset, TensorClassDataset
 from .imagefolder import ImageFolderDataset, load_imagefolder_splits
 from .loading import load_class_splits
-from .omniglot import OmniglotData, load_omniglot, omniglot_available, omniglot_splits
+from .omniglot import (
+    OmniglotData,
+    load_omniglot,
+    omniglot_available,
+    omniglot_names,
+    omniglot_splits,
+    split_order,
+)
 from .sine import SineTask, SineTaskSampler
 from .tasks import Task, TaskSampler, batch_order, batches_in_order, mini_batches
 
@@ -31,5 +38,7 @@ __all__ = [
     "load_omniglot",
     "mini_batches",
     "omniglot_available",
+    "omniglot_names",
     "omniglot_splits",
+    "split_order",
 ]

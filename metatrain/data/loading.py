@@ -13,7 +13,7 @@ def load_class_splits(config: Any) -> ClassSplits:
     """Train / validation / test classes for ``config`` (read by attribute only).
 
     Uses ``dataset``, ``data_dir``, ``image_size``, ``augment_rotations`` and, for Omniglot,
-    ``split``, ``split_seed`` and ``validation_classes``. For "imagefolder" the validation
+    ``split``, ``split_seed``, ``split_version`` and ``validation_classes``. For "imagefolder" the validation
     classes are the ``val/`` folder, so ``split``, ``split_seed`` and ``validation_classes``
     are not used. "sine" has no classes: use ``SineTaskSampler``.
     """
@@ -26,6 +26,7 @@ def load_class_splits(config: Any) -> ClassSplits:
             split_seed=config.split_seed,
             validation_classes=config.validation_classes,
             augment_rotations=config.augment_rotations,
+            split_version=config.split_version,
         )
     if dataset == "imagefolder":
         return load_imagefolder_splits(

@@ -12,7 +12,8 @@ Whatever the source, characters come in one canonical order: alphabet folder nam
 (Python string order, as the paper's ``sorted(os.listdir(...))``), then ``characterNN`` by
 number, background split first. The npz archives store alphabets in the official file-id
 order, which is *not* sorted (e.g. "Anglo-Saxon_Futhorc" comes 11th), so they are reordered
-with ``alphabets.json``. That is what makes the paper split identical for every source.
+with ``alphabets.json``. The splits are drawn from the names alone (``split_order``), so they
+are identical for every source.
 
 Preprocessing follows the paper's code (``Image.open(f).resize((28, 28))`` on the 1-bit PNGs):
 a nearest-neighbour resize (Pillow's only filter for mode "1" images), binary values, 1 =
@@ -24,11 +25,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 import re
 import threading
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -174,36 +176,86 @@ def load_omniglot(
         return data
 
 
+SPLIT_VERSIONS = (1, 2)
+
+
+def paper_listing(names: Sequence[str]) -> list[int]:
+    """Indices of ``names`` (``"ALPHABET/characterNN"``) in the order the paper's code lists
+    its characters: all 50 alphabet folders merged in one folder (its ``fetch_data.sh``),
+    ``sorted(os.listdir(...))`` for alphabets, then for characters (``read_dataset``)."""
+    return sorted(range(len(names)), key=lambda i: tuple(names[i].split("/", 1)))
+
+
+def split_order(
+    names: Sequence[str],
+    num_background: int,
+    split: str = "paper",
+    split_seed: int = 0,
+    split_version: int = 2,
+) -> tuple[list[int], list[int]]:
+    """(train, test) character indices of ``names``, each in the split's own (shuffled) order.
+
+    Version 2, the paper's code (``split_dataset`` after ``random.seed(0)``):
+
+    - "paper": every character in ``paper_listing`` order, shuffled by Python's
+      ``random.Random(split_seed).shuffle``; the first 1,200 train, the other 423 test. With
+      ``split_seed`` 0 it is the split the paper's results were measured on.
+    - "lake": the background characters, in the same listing order, shuffled the same way,
+      train; the evaluation characters, in listing order, test.
+
+    Version 1 (runs before version 2): ``numpy.random.default_rng(split_seed).permutation``
+    of the background-first order, for "paper" of every character, for "lake" of the
+    background ones. The shuffled training order decides which characters
+    ``validation_classes`` holds out (the last ones).
+    """
+    if split not in ("paper", "lake"):
+        raise ValueError(f"unknown Omniglot split {split!r} (expected 'paper' or 'lake')")
+    if split_version not in SPLIT_VERSIONS:
+        raise ValueError(f"unknown split_version {split_version!r} (expected 1 or 2)")
+    n = len(names)
+    if split == "paper" and n != TOTAL_CHARACTERS:
+        raise DataError(
+            f"the paper split needs all {TOTAL_CHARACTERS} characters, found {n}",
+            None,
+            EXPECTED_LAYOUT,
+        )
+    if split_version == 1:
+        if split == "paper":
+            order = np.random.default_rng(split_seed).permutation(n).tolist()
+            return order[:PAPER_TRAIN_CHARACTERS], order[PAPER_TRAIN_CHARACTERS:]
+        train = np.random.default_rng(split_seed).permutation(num_background).tolist()
+        return train, list(range(num_background, n))
+    listing = paper_listing(names)
+    shuffle = random.Random(split_seed).shuffle
+    if split == "paper":
+        shuffle(listing)
+        return listing[:PAPER_TRAIN_CHARACTERS], listing[PAPER_TRAIN_CHARACTERS:]
+    background = [i for i in listing if i < num_background]
+    shuffle(background)
+    return background, [i for i in listing if i >= num_background]
+
+
 def omniglot_splits(
     data: OmniglotData,
     split: str = "paper",
     split_seed: int = 0,
     validation_classes: int = 0,
     augment_rotations: bool = True,
+    split_version: int = 2,
 ) -> ClassSplits:
-    """Train / validation / test characters of ``data``.
+    """Train / validation / test characters of ``data``, drawn by ``split_order``.
 
-    "paper": all characters shuffled with ``numpy.random.default_rng(split_seed)``, the first
-    1,200 train and the other 423 test. "lake": background train, evaluation test. Then the
-    last ``validation_classes`` of the shuffled training characters (for "lake" shuffled with
-    the same seed) become the validation set. Only the remaining training characters are
-    augmented with rotations. Each split lists its characters in canonical order.
+    The last ``validation_classes`` of the shuffled training characters become the validation
+    set. Only the remaining training characters are augmented with rotations. Each split
+    lists its characters in canonical order (the order of ``data``).
     """
-    n, n_background = data.num_characters, data.num_background
-    if split == "paper":
-        if n != TOTAL_CHARACTERS:
-            raise DataError(
-                f"the paper split needs all {TOTAL_CHARACTERS} characters, found {n}",
-                ", ".join(data.sources),
-                EXPECTED_LAYOUT,
-            )
-        order = np.random.default_rng(split_seed).permutation(n)
-        train_ids, test_ids = order[:PAPER_TRAIN_CHARACTERS], order[PAPER_TRAIN_CHARACTERS:]
-    elif split == "lake":
-        train_ids = np.random.default_rng(split_seed).permutation(n_background)
-        test_ids = np.arange(n_background, n)
-    else:
-        raise ValueError(f"unknown Omniglot split {split!r} (expected 'paper' or 'lake')")
+    try:
+        train_list, test_list = split_order(
+            data.names, data.num_background, split, split_seed, split_version
+        )
+    except DataError as err:
+        raise DataError(err.problem, ", ".join(data.sources), EXPECTED_LAYOUT) from err
+    train_ids, test_ids = np.asarray(train_list, np.int64), np.asarray(test_list, np.int64)
     if not 0 <= validation_classes < len(train_ids):
         raise ValueError(
             f"validation_classes must be in [0, {len(train_ids)}) for the {split} split, "
@@ -220,6 +272,37 @@ def omniglot_splits(
     if augment_rotations:
         train = RotatedClassDataset(train)
     return ClassSplits(train=train, validation=view(val_ids), test=view(test_ids))
+
+
+def omniglot_names(data_dir: str | os.PathLike[str] | None = None) -> tuple[list[str], int]:
+    """(every character's ``"ALPHABET/characterNN"`` in canonical order, how many are
+    background): read from the file names and ``alphabets.json``, no image decoded."""
+    names: list[str] = []
+    counts = []
+    for source in find_sources(data_dir):
+        if source.kind == "npz":
+            runs = _read_alphabets(source.path.parent / ALPHABETS_JSON, source.split)
+            part = [
+                f"{alphabet}/character{i:02d}"
+                for alphabet, _, count in sorted(runs)
+                for i in range(1, count + 1)
+            ]
+        elif source.kind == "zip":
+            root = source.split + "/"
+            layout = "a zip with " + _TREE_LAYOUT.format(root=source.split)
+            try:
+                with zipfile.ZipFile(source.path) as zf:
+                    members = [
+                        m[len(root) :] for m in zf.namelist() if m.startswith(root) and m[-1] != "/"
+                    ]
+            except (zipfile.BadZipFile, OSError) as err:
+                raise DataError(f"corrupt or unreadable zip ({err})", source.path, layout) from err
+            part = [name for name, _ in _index_tree(members, source.path, layout)]
+        else:
+            part = [name for name, _ in _index_tree(*_folder_listing(source))]
+        names.extend(part)
+        counts.append(len(part))
+    return names, counts[0]
 
 
 # --- reading ------------------------------------------------------------------------------
@@ -398,15 +481,20 @@ def _read_zip(source: _Source, size: int) -> tuple[np.ndarray, list[str]]:
         raise DataError(f"corrupt or unreadable zip ({err})", path, layout) from err
 
 
-def _read_folder(source: _Source, size: int) -> tuple[np.ndarray, list[str]]:
+def _folder_listing(source: _Source) -> tuple[list[str], Path, str]:
+    """(every file's path relative to the split folder, the folder, its expected layout)."""
     root = source.path
-    layout = _TREE_LAYOUT.format(root=source.split)
     relpaths: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         rel_dir = Path(dirpath).relative_to(root).as_posix()
         prefix = "" if rel_dir == "." else rel_dir + "/"
         relpaths.extend(prefix + name for name in filenames)
+    return relpaths, root, _TREE_LAYOUT.format(root=source.split)
+
+
+def _read_folder(source: _Source, size: int) -> tuple[np.ndarray, list[str]]:
+    relpaths, root, layout = _folder_listing(source)
     chars = _index_tree(relpaths, root, layout)
 
     def read(rel: str) -> bytes:

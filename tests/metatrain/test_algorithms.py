@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from metatrain import Config, ConfigError
+from metatrain import Config, ConfigError, reference
 from metatrain.algorithms import ALGORITHMS, FOMAML, Reptile, algorithm_of, meta_step_size
+from metatrain.data import batch_order
 from metatrain.engine.learner import Learner
 from metatrain.losses import MSE, SUMMED_CROSS_ENTROPY
 from tests.metatrain import linear_tasks as lt
@@ -131,6 +132,41 @@ def test_fomaml_with_one_inner_iteration_uses_only_the_tail():
     assert lt.params(learner.model) == pytest.approx(expected, abs=1e-6)
 
 
+def _shared_tail_case(inner_batch: int = 2):
+    """A task without tail examples (fomaml_tail_shots 0), its config, and the update of the
+    last of inner_iters = 3 mini-batches of 2 of its 4 examples, drawn as the engine draws
+    them from ``default_rng(0)``."""
+    x, y, _, _ = lt.task(4)
+    task = (x, y, x[:0], y[:0])
+    config = lt.config(algorithm="fomaml", fomaml_tail_shots=0, inner_batch=inner_batch)
+    order = batch_order(4, inner_batch, 3, np.random.default_rng(0))
+    w, b = 0.2, -0.1
+    for rows in order[:-1]:
+        w, b = _sgd(w, b, x.numpy()[rows], y.numpy()[rows], 1)
+    w3, b3 = _sgd(w, b, x.numpy()[order[-1]], y.numpy()[order[-1]], 1)
+    return task, config, (w3 - w, b3 - b)
+
+
+def test_fomaml_with_a_shared_tail_applies_the_last_mini_batch_s_update():
+    w0, b0, eps = 0.2, -0.1, 0.7
+    task, config, (uw, ub) = _shared_tail_case()
+    assert ALGORITHMS["fomaml"].inner_steps(config) == 3 and config.training_shots == 4
+    learner = lt.regression_learner(w0, b0)
+    lt.meta_step(learner, config)(lt.sampler([task]), eps, np.random.default_rng(0))
+    assert lt.params(learner.model) == pytest.approx((w0 + eps * uw, b0 + eps * ub), abs=1e-6)
+
+
+def test_the_reference_fomaml_with_a_shared_tail_is_the_hand_computed_update():
+    w0, b0, eps = 0.2, -0.1, 0.7
+    task, config, (uw, ub) = _shared_tail_case()
+    model = lt.linear(w0, b0)
+    optimizer = reference.inner_optimizer(model, config)
+    reference.fomaml_meta_step(
+        model, optimizer, lt.sampler([task]), config, eps, np.random.default_rng(0)
+    )
+    assert lt.params(model) == pytest.approx((w0 + eps * uw, b0 + eps * ub), abs=1e-6)
+
+
 def test_reptile_reports_inner_accuracy_for_classification():
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
     learner = Learner(model, loss=SUMMED_CROSS_ENTROPY, optimizer="adam", lr=0.01)
@@ -165,9 +201,12 @@ def test_the_config_asks_the_algorithm_what_a_task_draws_and_which_fields_it_che
     assert ALGORITHMS["fomaml"].explain_training_shots(fomaml) == (
         "train_shots + fomaml_tail_shots = 7 + 5 = 12"
     )
-    assert ALGORITHMS["fomaml"].fields == {"fomaml_tail_shots": 1}
+    assert ALGORITHMS["fomaml"].fields == {"fomaml_tail_shots": 0}  # 0: the shared tail
+    shared = fomaml.replace(fomaml_tail_shots=0)
+    assert shared.training_shots == 7
+    assert ALGORITHMS["fomaml"].explain_training_shots(shared) == "train_shots = 7"
     with pytest.raises(ConfigError) as info:
-        Config(algorithm="reptile", fomaml_tail_shots=0)
+        Config(algorithm="reptile", fomaml_tail_shots=-1)
     assert info.value.field == "fomaml_tail_shots"
     with pytest.raises(ConfigError) as info:
         Config(algorithm="maml")
@@ -181,5 +220,6 @@ def test_each_algorithm_owns_its_loss_inner_steps_and_tail():
     assert ALGORITHMS["reptile"].loss(sine) is MSE
     assert ALGORITHMS["reptile"].inner_steps(sine) == 4
     assert ALGORITHMS["fomaml"].inner_steps(sine) == 3  # its last step is the tail's
+    assert ALGORITHMS["fomaml"].inner_steps(sine.replace(fomaml_tail_shots=0)) == 4  # shared
     assert ALGORITHMS["reptile"].tail_shots(sine) == 0
     assert ALGORITHMS["fomaml"].tail_shots(sine) == sine.fomaml_tail_shots

@@ -152,3 +152,17 @@ def test_an_initialization_loads_with_only_safetensors_and_the_architecture(tmp_
     with torch.no_grad():
         assert torch.equal(rebuilt(x), model(x))
     assert isinstance(build_from_architecture(arch), torch.nn.Module)
+
+
+def test_a_config_json_written_before_the_version_fields_reads_as_version_1(tmp_path):
+    old = preset("omniglot-5way-1shot", split_version=1, sine_version=1)
+    write_config(old, tmp_path)
+    doc = json.loads((tmp_path / "config.json").read_text())
+    assert doc["config_hash"] == old.config_hash()
+    for field in ("split_version", "sine_version"):
+        del doc["config"][field]  # as such a run wrote it
+    (tmp_path / "config.json").write_text(json.dumps(doc))
+    read = read_config(tmp_path)
+    assert (read.split_version, read.sine_version) == (1, 1)
+    assert read == old and read.hash_matches(doc["config_hash"])
+    assert not preset("omniglot-5way-1shot").hash_matches(doc["config_hash"])

@@ -237,16 +237,49 @@ def test_preset_applies_overrides_and_rejects_unknown_names():
 # --- hashing ----------------------------------------------------------------------------
 
 
+LEGACY_VERSIONS = {"split_version": 1, "sine_version": 1}
+
+
+def _recorded_before_versions(config: Config) -> dict:
+    """``config`` as a run recorded before the version fields existed stored it."""
+    return {k: v for k, v in config.to_dict().items() if k not in LEGACY_VERSIONS}
+
+
 def test_hash_is_pinned_so_resumable_runs_keep_matching():
     # If this changes, existing checkpoints no longer resume: change it only on purpose.
-    assert Config().config_hash() == _PINNED_DEFAULT_HASH
+    assert Config(**LEGACY_VERSIONS).config_hash() == _PINNED_DEFAULT_HASH
 
 
 def test_a_presets_hash_is_what_it_was_before_data_dir_was_left_out():
     # Recorded before config_hash hashed data_dir as None: configs without a data_dir keep
     # their hash, so their checkpoints and recorded runs keep matching.
-    assert preset("omniglot-5way-1shot").config_hash() == _PINNED_OMNIGLOT_5WAY_1SHOT_HASH
-    assert preset("sine").config_hash() == _PINNED_SINE_HASH
+    old_5way = preset("omniglot-5way-1shot", **LEGACY_VERSIONS)
+    assert old_5way.config_hash() == _PINNED_OMNIGLOT_5WAY_1SHOT_HASH
+    assert preset("sine", **LEGACY_VERSIONS).config_hash() == _PINNED_SINE_HASH
+
+
+def test_a_config_recorded_before_the_version_fields_reads_as_version_1_with_its_hash():
+    stored = _recorded_before_versions(preset("omniglot-5way-1shot"))
+    old = Config.from_dict(stored)
+    assert (old.split_version, old.sine_version) == (1, 1)
+    assert old.config_hash() == _PINNED_OMNIGLOT_5WAY_1SHOT_HASH
+    assert old.hash_matches(_PINNED_OMNIGLOT_5WAY_1SHOT_HASH)
+
+
+def test_new_configs_get_the_current_versions_and_a_hash_of_their_own():
+    new = preset("omniglot-5way-1shot")
+    assert (new.split_version, new.sine_version) == (2, 2)
+    assert (Config().split_version, Config().sine_version) == (2, 2)
+    assert new.config_hash() != _PINNED_OMNIGLOT_5WAY_1SHOT_HASH
+    assert not new.hash_matches(_PINNED_OMNIGLOT_5WAY_1SHOT_HASH)
+    assert new.replace(split_version=1).config_hash() != new.config_hash()
+    assert Config.from_dict(new.to_dict()) == new
+
+
+@pytest.mark.parametrize("field", ["split_version", "sine_version"])
+@pytest.mark.parametrize("value", [0, 3])
+def test_it_rejects_an_unknown_version(field, value):
+    assert _error(**{field: value}).field == field
 
 
 def test_data_dir_is_where_the_files_are_not_what_was_trained():

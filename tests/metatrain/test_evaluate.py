@@ -270,3 +270,57 @@ def test_evaluate_with_fewer_ways_than_outputs_ignores_the_extra_outputs(fake_da
     model = build_model(cfg, torch.Generator().manual_seed(0))
     result = evaluate(model, cfg, ways=3, tasks=2, compute=Compute(device="cpu"))
     assert result.ways == 3 and result.tasks == 2
+
+
+@pytest.fixture
+def adam_run(fake_data, tmp_path):
+    """A run folder whose checkpoint holds Adam moments (a few steps' worth), as training
+    leaves it."""
+    from metatrain import reference, seeding
+    from metatrain.checkpoint import CHECKPOINT_FILE, save_checkpoint
+
+    config = _config()
+    model = build_model(config, torch.Generator().manual_seed(0))
+    optimizer = reference.inner_optimizer(model, config)
+    x = fake_data.train.gather(np.array([0, 1, 2] * 2), np.array([0] * 3 + [1] * 3))
+    y = torch.arange(3).repeat(2)
+    for _ in range(3):
+        reference.inner_step(model, optimizer, x, y, config)
+    save_initialization(model, config, tmp_path)
+    save_checkpoint(
+        tmp_path / CHECKPOINT_FILE,
+        iteration=config.meta_iters,
+        config=config,
+        model=model,
+        optimizer=optimizer,
+        numpy_rng_state=seeding.numpy_state(np.random.default_rng(0)),
+    )
+    return tmp_path
+
+
+def test_fresh_optimizer_evaluates_the_initialization_alone(adam_run):
+    cpu = Compute(device="cpu")
+    training = evaluate(adam_run, tasks=12, compute=cpu)
+    fresh = evaluate(adam_run, tasks=12, compute=cpu, fresh_optimizer=True)
+    downloaded = evaluate(adam_run / "initialization.safetensors", tasks=12, compute=cpu)
+    assert training.inner_optimizer_state == "training"
+    assert fresh.inner_optimizer_state == downloaded.inner_optimizer_state == "fresh"
+    assert fresh.accuracy == downloaded.accuracy
+    assert fresh.accuracy != training.accuracy  # the training moments change adaptation
+
+
+def test_the_evaluate_command_takes_fresh_optimizer(adam_run):
+    import io
+
+    from metatrain import cli
+
+    results = {}
+    for extra in ([], ["--fresh-optimizer"]):
+        out, err = io.StringIO(), io.StringIO()
+        argv = ["evaluate", str(adam_run), "--tasks", "12", "--device", "cpu", *extra]
+        assert cli.main(argv, out=out, err=err) == 0, err.getvalue()
+        results[bool(extra)] = json.loads(out.getvalue())
+    assert results[False]["inner_optimizer_state"] == "training"
+    assert results[True]["inner_optimizer_state"] == "fresh"
+    fresh = evaluate(adam_run, tasks=12, compute=Compute(device="cpu"), fresh_optimizer=True)
+    assert results[True]["accuracy"] == fresh.accuracy

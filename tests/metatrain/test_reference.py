@@ -28,6 +28,13 @@ from tests.metatrain.synthetic import tiny_config
 
 REFERENCE_STEP = {"reptile": reference.reptile_meta_step, "fomaml": reference.fomaml_meta_step}
 STEP_SIZES = (1.0, 0.6, 0.3)
+# The config each parametrised algorithm trains with: FOMAML with a separate tail batch
+# (``--foml-tail``), and with the shared one (the paper code's ``--foml``: the last mini-batch).
+SETTINGS = {
+    "reptile": {"algorithm": "reptile"},
+    "fomaml": {"algorithm": "fomaml"},
+    "fomaml-shared": {"algorithm": "fomaml", "fomaml_tail_shots": 0},
+}
 
 
 def _sampler(tasks):
@@ -57,14 +64,16 @@ def _image_tasks(config: Config, count: int, seed: int) -> list[tuple[torch.Tens
 
 
 def _conv(**changes) -> tuple[Config, nn.Module, list]:
-    config = tiny_config(meta_batch=3, inner_iters=3, fomaml_tail_shots=2, **changes)
+    config = tiny_config(**{"meta_batch": 3, "inner_iters": 3, "fomaml_tail_shots": 2, **changes})
     model = build_model(config, torch.Generator().manual_seed(0))
     model.to(memory_format=torch.channels_last)
     return config, model, _image_tasks(config, len(STEP_SIZES) * config.meta_batch, seed=1)
 
 
 def _sine(**changes) -> tuple[Config, nn.Module, list]:
-    config = preset("sine", meta_batch=4, inner_lr=0.005, fomaml_tail_shots=5, **changes)
+    config = preset(
+        "sine", **{"meta_batch": 4, "inner_lr": 0.005, "fomaml_tail_shots": 5, **changes}
+    )
     model = build_model(config, torch.Generator().manual_seed(4))
     sampler = SineTaskSampler(np.random.default_rng(3), config.training_shots)
     k = config.train_shots
@@ -119,11 +128,11 @@ def _assert_same(engine, ref, exact: bool = True) -> None:
 # --- the meta-step -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("algorithm", ["reptile", "fomaml"])
+@pytest.mark.parametrize("algorithm", list(SETTINGS))
 @pytest.mark.parametrize("keep", [True, False], ids=["chained-adam", "fresh-adam"])
 @pytest.mark.parametrize("kind", ["autograd", "by_hand", "helper_thread"])
 def test_serial_steps_of_every_kind_are_the_reference_to_the_bit(algorithm, keep, kind):
-    config, model, tasks = _conv(algorithm=algorithm, keep_adam_state=keep)
+    config, model, tasks = _conv(**SETTINGS[algorithm], keep_adam_state=keep)
     ref = _reference_run(config, model, tasks)
     engine = _engine_run(config, model, tasks, "serial", step=kind)
     assert engine[3].step_kind == kind
@@ -137,22 +146,23 @@ def test_sgd_steps_on_a_conv_net_are_the_reference_to_the_bit():
     _assert_same(_engine_run(config, model, tasks, "serial"), _reference_run(config, model, tasks))
 
 
+# (the shared tail is the same task_share in a worker: not worth another 20 s of processes)
 @pytest.mark.parametrize("algorithm", ["reptile", "fomaml"])
 def test_tasks_in_worker_processes_are_the_reference_to_the_bit(algorithm):
-    config, model, tasks = _conv(algorithm=algorithm, keep_adam_state=False)
+    config, model, tasks = _conv(**SETTINGS[algorithm], keep_adam_state=False)
     engine = _engine_run(config, model, tasks, "pool")
     _assert_same(engine, _reference_run(config, model, tasks))
 
 
-@pytest.mark.parametrize("algorithm", ["reptile", "fomaml"])
+@pytest.mark.parametrize("algorithm", list(SETTINGS))
 def test_a_regression_mlp_one_task_at_a_time_is_the_reference_to_the_bit(algorithm):
-    config, model, tasks = _sine(algorithm=algorithm)
+    config, model, tasks = _sine(**SETTINGS[algorithm])
     _assert_same(_engine_run(config, model, tasks, "serial"), _reference_run(config, model, tasks))
 
 
-@pytest.mark.parametrize("algorithm", ["reptile", "fomaml"])
+@pytest.mark.parametrize("algorithm", list(SETTINGS))
 def test_stacked_tasks_are_the_reference_up_to_rounding(algorithm):
-    config, model, tasks = _sine(algorithm=algorithm)
+    config, model, tasks = _sine(**SETTINGS[algorithm])
     engine = _engine_run(config, model, tasks, "stacked")
     _assert_same(engine, _reference_run(config, model, tasks), exact=False)
 

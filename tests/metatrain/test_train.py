@@ -309,6 +309,18 @@ def test_train_accepts_a_plain_dict_and_validates_it(fake_data, tmp_path):
     assert result.iterations_done == 1
 
 
+@pytest.mark.parametrize("version", [1, 2])
+def test_sine_training_tasks_take_their_x_as_the_config_s_sine_version_says(version):
+    import numpy as np
+
+    config = preset("sine", sine_version=version)
+    sample = train_module._training_tasks(config, None, np.random.default_rng(0), "cpu", False)
+    support_x, _, tail_x, _ = sample()
+    assert support_x.shape == (50, 1) and tail_x.shape == (0, 1)
+    on_grid = torch.allclose(support_x[:, 0].sort().values, torch.linspace(-5, 5, 50), atol=1e-6)
+    assert on_grid == (version == 2)
+
+
 # --- slow: real learning ----------------------------------------------------------------
 
 

@@ -41,6 +41,7 @@ def make_config(**overrides) -> types.SimpleNamespace:
         data_dir=None,
         split="paper",
         split_seed=0,
+        split_version=2,
         validation_classes=0,
         augment_rotations=True,
         image_size=28,

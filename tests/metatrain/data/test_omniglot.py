@@ -137,9 +137,9 @@ def test_paper_split_is_fixed_by_split_seed(omniglot):
     assert {n.split("/")[0] for n in a.test.names} & {n.split("/")[0] for n in omniglot.names[964:]}
 
 
-def test_paper_split_test_set_is_the_tail_of_the_seeded_permutation(omniglot):
+def test_version_1_paper_split_test_set_is_the_tail_of_the_seeded_permutation(omniglot):
     order = np.random.default_rng(7).permutation(1623)
-    s = omniglot_splits(omniglot, "paper", 7, 30, False)
+    s = omniglot_splits(omniglot, "paper", 7, 30, False, split_version=1)
     assert s.test.names == [omniglot.names[i] for i in np.sort(order[1200:])]
     assert s.validation.names == [omniglot.names[i] for i in np.sort(order[1170:1200])]
 

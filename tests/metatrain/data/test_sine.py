@@ -65,3 +65,15 @@ def test_to_moves_tensors_and_keeps_parameters():
     task = SineTaskSampler(np.random.default_rng(0), points=3).sample()
     moved = task.to("cpu")
     assert isinstance(moved, SineTask) and moved.amplitude == task.amplitude
+
+
+def test_grid_tasks_train_on_the_demos_evenly_spaced_points_shuffled():
+    sampler = SineTaskSampler(np.random.default_rng(5), points=50, grid=True)
+    a, b = sampler.sample(), sampler.sample()
+    grid = torch.linspace(-5, 5, 50, dtype=torch.float64).float()
+    for task in (a, b):
+        torch.testing.assert_close(task.support_x[:, 0].sort().values, grid, rtol=0, atol=1e-6)
+        expected = task.amplitude * torch.sin(task.support_x.double() + task.phase)
+        torch.testing.assert_close(task.support_y.double(), expected, rtol=0, atol=1e-5)
+    assert not torch.equal(a.support_x, b.support_x)  # a fresh order per task
+    assert not torch.equal(a.support_x[:, 0], grid)

@@ -20,6 +20,7 @@ from ..forms import ExperimentForm, config_fields, presets_for_script
 from ..leaderboard import SINGLE_SEED
 from ..models import Experiment, Run
 from ..seed_curves import BAND, experiment_curves
+from .labels import save_labels
 
 # What the "new experiment" page starts from: the paper's headline benchmark.
 DEFAULT_PRESET = "omniglot-5way-1shot"
@@ -178,15 +179,4 @@ def experiment_list(request: HttpRequest) -> HttpResponse:
 def experiment_labels(request: HttpRequest, pk: int) -> HttpResponse:
     """Rename an experiment, edit its notes and tags (owner or staff)."""
     experiment = get_experiment_for_user(request.user, pk, for_change=True)
-    try:
-        services.set_labels(
-            experiment,
-            name=request.POST.get("name", ""),
-            notes=request.POST.get("notes", ""),
-            tags=request.POST.get("tags", ""),
-        )
-    except services.ServiceError as err:
-        messages.error(request, str(err))
-    else:
-        messages.success(request, "Experiment saved.")
-    return redirect(experiment)
+    return save_labels(request, experiment, "Experiment saved.")

@@ -26,6 +26,7 @@ from ..filtering import SORTS, RunFilters, filter_runs
 from ..forms import config_fields
 from ..models import Run
 from ..presentation import format_duration, format_timestamp, round_fraction
+from .labels import save_labels
 
 RUNS_PER_PAGE = 25
 POLL_MS = 3000  # how often a live run page asks for new points
@@ -345,15 +346,4 @@ def run_evaluate(request: HttpRequest, pk: int) -> HttpResponse:
 def run_labels(request: HttpRequest, pk: int) -> HttpResponse:
     """Rename a run, edit its notes and tags (owner or staff)."""
     run = get_run_for_user(request.user, pk, for_change=True)
-    try:
-        services.set_labels(
-            run,
-            name=request.POST.get("name", ""),
-            notes=request.POST.get("notes", ""),
-            tags=request.POST.get("tags", ""),
-        )
-    except services.ServiceError as err:
-        messages.error(request, str(err))
-    else:
-        messages.success(request, f"Run #{run.pk} saved.")
-    return redirect(run)
+    return save_labels(request, run, f"Run #{run.pk} saved.")

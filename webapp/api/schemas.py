@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from ninja import Schema
-from pydantic import AfterValidator, ConfigDict, Field, StrictInt, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 INT32_MAX = 2**31 - 1
@@ -65,6 +65,15 @@ class StrictSchema(Schema):
     model_config = ConfigDict(extra="forbid")
 
 
+class Out(BaseModel):
+    """An answer's shape. The endpoints build answers as dicts, so a plain pydantic model
+    validates them in pydantic's compiled core: ninja's Schema wraps every input in a Python
+    attribute getter (for ORM objects) that costs about 4 ms on a page of 25 runs, a fifth of
+    the request. `from_attributes` still lets an object with the fields through."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+
 class ExperimentIn(StrictSchema):
     """A new experiment: a preset (optional) plus config overrides, run once per seed."""
 
@@ -102,20 +111,20 @@ class ExperimentIn(StrictSchema):
     )
 
 
-class FieldErrorOut(Schema):
+class FieldErrorOut(Out):
     field: str | None
     message: str
 
 
-class ValidationErrorOut(Schema):
+class ValidationErrorOut(Out):
     detail: list[FieldErrorOut]
 
 
-class MessageOut(Schema):
+class MessageOut(Out):
     detail: str
 
 
-class QuotaErrorOut(Schema):
+class QuotaErrorOut(Out):
     detail: str = Field(description="what the limit is, your usage, and what to do")
     quota: str = Field(description="the server setting, e.g. QUOTA_MAX_ACTIVE_RUNS")
     limit: int
@@ -123,7 +132,7 @@ class QuotaErrorOut(Schema):
     requested: int = Field(description="what the refused request would add")
 
 
-class RunOut(Schema):
+class RunOut(Out):
     id: int
     experiment_id: int
     experiment_name: str
@@ -192,14 +201,14 @@ class RunDetailOut(RunOut):
     config_hash: str
 
 
-class RunPage(Schema):
+class RunPage(Out):
     count: int
     limit: int
     offset: int
     items: list[RunOut]
 
 
-class ExperimentOut(Schema):
+class ExperimentOut(Out):
     id: int
     name: str
     description: str
@@ -232,7 +241,7 @@ class LabelsIn(StrictSchema):
     )
 
 
-class DatasetOut(Schema):
+class DatasetOut(Out):
     id: int
     name: str
     owner: str
@@ -255,21 +264,21 @@ class DatasetOut(Schema):
     can_change: bool = Field(description="whether the caller may delete it")
 
 
-class DatasetPage(Schema):
+class DatasetPage(Out):
     count: int
     limit: int
     offset: int
     items: list[DatasetOut]
 
 
-class ExperimentPage(Schema):
+class ExperimentPage(Out):
     count: int
     limit: int
     offset: int
     items: list[ExperimentOut]
 
 
-class SeriesOut(Schema):
+class SeriesOut(Out):
     steps: list[int]
     values: list[float | None] = Field(
         description="value at each step (bucket's last step), 7 significant digits"
@@ -280,13 +289,13 @@ class SeriesOut(Schema):
     downsampled: bool
 
 
-class MetricsOut(Schema):
+class MetricsOut(Out):
     run: int
     names: list[str] = Field(description="every series the run has")
     series: dict[str, SeriesOut]
 
 
-class EvaluationOut(Schema):
+class EvaluationOut(Out):
     id: int
     split: str
     iteration: int
@@ -302,7 +311,7 @@ class EvaluationOut(Schema):
     created_at: datetime
 
 
-class LeaderboardRunOut(Schema):
+class LeaderboardRunOut(Out):
     run_id: int
     seed: int
     experiment_id: int
@@ -311,7 +320,7 @@ class LeaderboardRunOut(Schema):
     iteration: int = Field(description="meta-iterations trained")
 
 
-class LeaderboardRowOut(Schema):
+class LeaderboardRowOut(Out):
     """One configuration (runs sharing a config without its seed), or the paper's number."""
 
     rank: int
@@ -336,7 +345,7 @@ class LeaderboardRowOut(Schema):
     runs: list[LeaderboardRunOut] = Field(description="the seeds behind the row")
 
 
-class BoardOut(Schema):
+class BoardOut(Out):
     key: str
     title: str
     dataset: str
@@ -350,16 +359,16 @@ class BoardOut(Schema):
     rows: list[LeaderboardRowOut]
 
 
-class LeaderboardOut(Schema):
+class LeaderboardOut(Out):
     units: Literal["fraction"] = "fraction"
     boards: list[BoardOut]
 
 
-class PresetOut(Schema):
+class PresetOut(Out):
     name: str
     config: dict[str, Any] = Field(description="the complete Config of the preset")
 
 
-class PresetsOut(Schema):
+class PresetsOut(Out):
     presets: list[PresetOut]
     field_help: dict[str, str] = Field(description="one line of help per Config field")

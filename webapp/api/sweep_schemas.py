@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from ninja import Schema
 from pydantic import Field, StrictInt
 
 from .schemas import (
     INT32_MAX,
     MAX_OVERRIDES,
     ConfigKey,
+    Out,
     OverrideValue,
     StrictSchema,
 )
@@ -47,7 +47,7 @@ class SweepIn(StrictSchema):
     queue: str = Field("any", json_schema_extra={"enum": ["gpu", "cpu", "any"]})
 
 
-class SweepProgressOut(Schema):
+class SweepProgressOut(Out):
     queued: int
     running: int
     succeeded: int
@@ -60,7 +60,7 @@ class SweepProgressOut(Schema):
     planned_configurations: int
 
 
-class SweepOut(Schema):
+class SweepOut(Out):
     id: int
     name: str
     description: str
@@ -83,14 +83,14 @@ class SweepOut(Schema):
     url: str
 
 
-class SweepPage(Schema):
+class SweepPage(Out):
     count: int
     limit: int
     offset: int
     items: list[SweepOut]
 
 
-class SweepConfigurationOut(Schema):
+class SweepConfigurationOut(Out):
     experiment_id: int
     name: str
     params: dict[str, Any] = Field(description="the values of the varied fields")
@@ -104,13 +104,13 @@ class SweepConfigurationOut(Schema):
     active: int
 
 
-class SweepConfigurationsOut(Schema):
+class SweepConfigurationsOut(Out):
     units: str = "fraction"
     ci_method: str
     items: list[SweepConfigurationOut]
 
 
-class SweepCancelOut(Schema):
+class SweepCancelOut(Out):
     cancelled: int = Field(description="queued or lost runs cancelled at once")
     stopping: int = Field(description="running runs asked to stop")
     sweep: SweepOut

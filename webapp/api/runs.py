@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404
 from ninja import Path, Query, Router, Status
 
 from metatrain.checkpoint import INITIALIZATION_FILE
@@ -190,8 +191,6 @@ def run_metrics(
     raw points after that step (at most `max_points`): a live chart appends them.
     `from_step`/`to_step` restrict either form to a window of steps: a zoomed chart fetches its
     range at full resolution (up to `max_points`)."""
-    run = get_run_for_user(user_of(request), run_id)
-    all_names = metrics_series.metric_names(run)
     wanted = None
     if names:
         wanted = list(dict.fromkeys(n.strip() for item in names for n in item.split(",")))
@@ -200,6 +199,18 @@ def run_metrics(
             raise FieldErrors([("names", f"At most {MAX_NAMES} names of 64 characters.")])
     if from_step is not None and to_step is not None and from_step > to_step:
         raise FieldErrors([("to_step", "to_step must be at least from_step.")])
+    if after_step is not None and wanted is None:
+        # A live page's poll: one query (the run's existence with its new points).
+        found = metrics_series.live_tail(
+            run_id, after_step, max_points, from_step=from_step, to_step=to_step
+        )
+        if found is None:
+            raise Http404
+        return {"run": run_id, "names": found[0], "series": series_data(found[1])}
+    # Any signed-in caller may read any run's series: only its existence, status and attempt
+    # matter here, so the row is read without its config or joins.
+    run = get_object_or_404(Run.objects.only("id", "status", "attempts"), pk=run_id)
+    all_names = metrics_series.metric_names(run)
     if after_step is None and from_step is None and to_step is None:
         # A stopped run's whole series, kept once computed: sent as stored.
         shown = all_names if wanted is None else wanted

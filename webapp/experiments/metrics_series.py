@@ -31,6 +31,10 @@ def metric_names(run: Run) -> list[str]:
     poll of a live page); this recursive query jumps from one name to the next on the
     (run, name, step) index instead: one index probe per name. SQLite and PostgreSQL both run it.
     """
+    return _metric_names(run.pk)
+
+
+def _metric_names(run_id: int) -> list[str]:
     table = MetricPoint._meta.db_table
     sql = f"""
         WITH RECURSIVE names(name) AS (
@@ -42,8 +46,92 @@ def metric_names(run: Run) -> list[str]:
         SELECT name FROM names WHERE name IS NOT NULL
     """
     with connection.cursor() as cursor:
-        cursor.execute(sql, [run.pk, run.pk])
+        cursor.execute(sql, [run_id, run_id])
         return [row[0] for row in cursor.fetchall()]
+
+
+def live_tail(
+    run_id: int,
+    after_step: int,
+    max_points: int = DEFAULT_MAX_POINTS,
+    from_step: int | None = None,
+    to_step: int | None = None,
+) -> tuple[list[str], dict[str, dict]] | None:
+    """Every series name of the run, and per name its raw points after `after_step` (at most
+    `max_points`, oldest first, within `from_step`..`to_step`), as `series(..., after_step=)`
+    gives them: what a live page asks for every few seconds. None when there is no such run.
+
+    On PostgreSQL this is one statement: the run's row, its names found as in `metric_names`,
+    each joined LATERALly to its own bounded index range; so a poll costs one round trip
+    whatever the number of series (it was one for the run, one for the names and one per
+    series). SQLite has no LATERAL and answers with one query per series.
+    """
+    if connection.vendor != "postgresql":
+        if not Run.objects.filter(pk=run_id).exists():
+            return None
+        names = _metric_names(run_id)
+        points = _window(MetricPoint.objects.filter(run_id=run_id), from_step, to_step)
+        return names, _tails(points, names, after_step, max_points)
+    table = MetricPoint._meta.db_table
+    window, params = "", [run_id, run_id, run_id, after_step]
+    if from_step is not None:
+        window += " AND step >= %s"
+        params.append(from_step)
+    if to_step is not None:
+        window += " AND step <= %s"
+        params.append(to_step)
+    params += [max_points, run_id]
+    sql = f"""
+        WITH RECURSIVE names(name) AS (
+            SELECT MIN(name) FROM {table} WHERE run_id = %s
+            UNION ALL
+            SELECT (SELECT MIN(name) FROM {table} WHERE run_id = %s AND name > names.name)
+            FROM names WHERE names.name IS NOT NULL
+        )
+        SELECT names.name, tail.step, tail.value FROM {Run._meta.db_table} AS run
+        LEFT JOIN names ON names.name IS NOT NULL
+        LEFT JOIN LATERAL (
+            SELECT step, value FROM {table}
+            WHERE run_id = %s AND name = names.name AND step > %s{window}
+            ORDER BY step LIMIT %s
+        ) AS tail ON TRUE
+        WHERE run.id = %s
+        ORDER BY names.name, tail.step
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    if not rows:
+        return None
+    points: dict[str, list[tuple[int, float]]] = {}
+    for name, step, value in rows:
+        if name is None:  # the run has no points yet
+            continue
+        found = points.setdefault(name, [])
+        if step is not None:
+            found.append((step, value))
+    return list(points), {name: _raw(found) for name, found in points.items()}
+
+
+def _window(points: QuerySet, from_step: int | None, to_step: int | None) -> QuerySet:
+    if from_step is not None:
+        points = points.filter(step__gte=from_step)
+    if to_step is not None:
+        points = points.filter(step__lte=to_step)
+    return points
+
+
+def _tails(points: QuerySet, names: list[str], after_step: int, max_points: int) -> dict:
+    """Per name, its raw points of `points` after `after_step`: one query per name."""
+    out = {}
+    for name in names:
+        tail = list(
+            points.filter(name=name, step__gt=after_step)
+            .order_by("step")
+            .values_list("step", "value")[:max_points]
+        )
+        out[name] = _raw(tail)
+    return out
 
 
 def _finite(value: float | None) -> float | None:
@@ -144,22 +232,9 @@ def series(
         names = metric_names(run)
     if not names:
         return {}
-    points = MetricPoint.objects.filter(run=run)
-    if from_step is not None:
-        points = points.filter(step__gte=from_step)
-    if to_step is not None:
-        points = points.filter(step__lte=to_step)
-
+    points = _window(MetricPoint.objects.filter(run=run), from_step, to_step)
     if after_step is not None:
-        out = {}
-        for name in names:
-            tail = list(
-                points.filter(name=name, step__gt=after_step)
-                .order_by("step")
-                .values_list("step", "value")[:max_points]
-            )
-            out[name] = _raw(tail)
-        return out
+        return _tails(points, names, after_step, max_points)
 
     whole = from_step is None and to_step is None
     kept = series_summaries.load(run, names, max_points) if whole else {}

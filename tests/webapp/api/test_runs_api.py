@@ -202,6 +202,22 @@ def test_metrics_tail_returns_only_newer_points_of_the_named_series(api, owner, 
     assert repeated["series"]["c"]["values"] == [20.0]
 
 
+def test_metrics_tail_of_every_series_names_them_all_and_404s_for_no_run(api, owner, make_run):
+    run = make_run(owner, status="running")
+    MetricPoint.objects.bulk_create(
+        [MetricPoint(run=run, name=name, step=s, value=s / 2) for name in "ab" for s in (1, 2)]
+    )
+    MetricPoint.objects.create(run=run, name="c", step=1, value=0.0)
+
+    body = api.get(f"{URL}/{run.pk}/metrics?after_step=1").json()
+    missing = api.get(f"{URL}/{run.pk + 1000}/metrics?after_step=1")
+
+    assert body["run"] == run.pk and body["names"] == ["a", "b", "c"]
+    assert body["series"]["a"]["steps"] == [2] and body["series"]["a"]["values"] == [1.0]
+    assert body["series"]["c"]["steps"] == [] and body["series"]["c"]["last_step"] is None
+    assert missing.status_code == 404
+
+
 @pytest.mark.parametrize(
     "query",
     [{"max_points": 1}, {"max_points": 10**6}, {"after_step": "x"}, {"after_step": 2**40}],

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from webapp.experiments.metrics_series import metric_names, series
+from webapp.experiments.metrics_series import live_tail, metric_names, series
 from webapp.experiments.models import MetricPoint
 
 
@@ -197,3 +197,44 @@ def test_a_small_step_window_comes_back_raw(run):
     assert s["downsampled"] is False
     assert s["steps"] == list(range(500, 550))
     assert s["values"][0] == pytest.approx(0.5)
+
+
+def test_the_live_tail_gives_every_name_and_the_same_points_as_series(run, owner, make_run):
+    add_points(run, "loss", range(1, 401), [1 / s for s in range(1, 401)])
+    add_points(run, "accuracy", range(1, 401, 2), [s / 1000 for s in range(1, 401, 2)])
+    add_points(run, "stale", [1, 2], [0.0, 1.0])  # nothing new after step 390
+    add_points(make_run(owner), "loss", range(1, 500), [9.0] * 499)  # another run's points
+
+    names, tails = live_tail(run.pk, after_step=390, max_points=5)
+
+    assert names == metric_names(run) == ["accuracy", "loss", "stale"]
+    assert tails == series(run, names, after_step=390, max_points=5)
+    assert tails["loss"]["steps"] == [391, 392, 393, 394, 395]  # capped, oldest first
+    assert tails["stale"] == {**tails["stale"], "steps": [], "last_step": None}
+
+
+def test_the_live_tail_keeps_to_a_step_window(run):
+    add_points(run, "loss", range(1, 101), [float(s) for s in range(1, 101)])
+
+    _, tails = live_tail(run.pk, after_step=10, from_step=5, to_step=14)
+
+    assert tails["loss"]["steps"] == [11, 12, 13, 14]
+    assert tails == series(run, ["loss"], after_step=10, from_step=5, to_step=14)
+
+
+def test_the_live_tail_of_a_run_without_points_is_empty(run):
+    assert live_tail(run.pk, after_step=0) == ([], {})
+
+
+def test_the_live_tail_of_no_run_is_none(run):
+    assert live_tail(run.pk + 1000, after_step=0) is None
+
+
+def test_the_live_tail_is_one_query_on_postgresql(run, django_assert_max_num_queries):
+    from django.db import connection
+
+    for name in ("a", "b", "c", "d", "e"):
+        add_points(run, name, range(1, 50), [0.5] * 49)
+    with django_assert_max_num_queries(1 if connection.vendor == "postgresql" else 7):
+        _, tails = live_tail(run.pk, after_step=40)
+    assert [len(t["steps"]) for t in tails.values()] == [9] * 5

@@ -28,6 +28,13 @@ from webapp.devstack import RedisServer, free_port
 
 
 @pytest.fixture(autouse=True)
+def _leaderboard_checked_on_every_request(settings) -> None:
+    # A test that changes a result and reads the leaderboard again expects the change at once;
+    # the once-a-second check is tested on its own (test_leaderboard_cache).
+    settings.LEADERBOARD_RECHECK_MS = 0
+
+
+@pytest.fixture(autouse=True)
 def _private_file_roots(settings, tmp_path_factory) -> None:
     """Files a test's runs and uploads write go under this process's own temporary folder."""
     root = tmp_path_factory.getbasetemp() / "file-roots"

@@ -423,6 +423,10 @@ SWEEP_MAX_RUNS = env_quota("SWEEP_MAX_RUNS", 500)
 # The most seconds a process shows a leaderboard it built before (it is built again at once when
 # a run succeeds, is re-evaluated or is deleted; this bounds only how long a rename shows late).
 LEADERBOARD_CACHE_SECONDS = env_int("LEADERBOARD_CACHE_SECONDS", 30)
+# How often, in milliseconds, a process checks whether the succeeded runs changed (one
+# aggregate over them, which grows with their number): a finished run reaches the leaderboard
+# within this time. 0 checks on every request.
+LEADERBOARD_RECHECK_MS = env_quota("LEADERBOARD_RECHECK_MS", 1000)
 QUOTA_MAX_DATASET_BYTES = env_quota("QUOTA_MAX_DATASET_BYTES", 10 * 1024**3)
 
 # The database unreachable (OperationalError, InterfaceError): the API answers a JSON 503 and

@@ -40,6 +40,14 @@ def fresh_leaderboard() -> None:
     leaderboard_cache.forget()
 
 
+@pytest.fixture(autouse=True)
+def fresh_run_rows() -> None:
+    """Each test starts with no runs-list rows kept from another test's database rows."""
+    from webapp.experiments.run_rows import run_rows
+
+    run_rows.clear()
+
+
 @pytest.fixture
 def make_user(db):
     def make(username: str | None = None, **extra):

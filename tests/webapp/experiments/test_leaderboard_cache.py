@@ -70,3 +70,23 @@ def test_nothing_is_kept_when_the_setting_is_zero(owner, make_run, settings):
 
     assert len(queries) > 1
     leaderboard_cache.forget()
+
+
+def test_within_the_recheck_time_a_kept_board_costs_no_query(
+    owner, make_run, settings, monkeypatch
+):
+    settings.LEADERBOARD_RECHECK_MS = 1000
+    clock = [1000.0]
+    monkeypatch.setattr(leaderboard_cache.time, "monotonic", lambda: clock[0])
+    _succeeded(make_run, owner, 0.9, 1)
+    assert _accuracies() == [0.9]
+    _succeeded(make_run, owner, 0.95, 2)
+
+    clock[0] += 0.5
+    with CaptureQueriesContext(connection) as queries:
+        within = _accuracies()
+    clock[0] += 0.6  # the last check is now over a second old
+    after = _accuracies()
+
+    assert len(queries) == 0 and within == [0.9]
+    assert after == [0.95, 0.9]

@@ -26,6 +26,7 @@ from ..filtering import SORTS, RunFilters, filter_runs
 from ..forms import config_fields
 from ..models import Run
 from ..presentation import format_duration, format_timestamp, round_fraction
+from ..run_rows import run_rows
 from .labels import save_labels
 
 RUNS_PER_PAGE = 25
@@ -145,6 +146,7 @@ def run_list(request: HttpRequest) -> HttpResponse:
     context = {
         "page_obj": page,
         "runs": page.object_list,
+        "rows": run_rows.rows(page.object_list),
         "filters": filters,
         "statuses": Run.Status.choices,
         # order_by(): without it the default ordering joins the DISTINCT (one row per run).

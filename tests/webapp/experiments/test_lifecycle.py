@@ -7,8 +7,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from webapp.experiments import lifecycle, services
-from webapp.experiments.models import Run, RunAttempt, Worker
+from webapp.experiments import lifecycle, metrics_series, series_summaries, services
+from webapp.experiments.models import MetricPoint, Run, RunAttempt, Worker
 
 
 @pytest.fixture
@@ -90,6 +90,22 @@ def test_complete_fail_and_cancel_close_the_attempt(owner, make_experiment):
         assert (attempt.outcome, attempt.reason) == (status, reason)
         assert attempt.ended_at is not None
     assert runs[0].test_accuracy == 0.9
+
+
+@pytest.mark.parametrize("end", ["complete_run", "fail_run", "cancel_run"])
+def test_a_run_that_ends_has_its_charts_kept_at_once(queued_run, end):
+    run = _claim(queued_run)
+    MetricPoint.objects.bulk_create(
+        [MetricPoint(run=run, name=n, step=s, value=s / 7) for n in ("a", "b") for s in range(3000)]
+    )
+    args = {"fail_run": ("boom",), "cancel_run": ("stopped",)}.get(end, ())
+
+    assert getattr(lifecycle, end)(run, 1, *args)
+
+    kept = series_summaries.load(run, ["a", "b"], metrics_series.DEFAULT_MAX_POINTS)
+    assert sorted(kept) == ["a", "b"]
+    assert kept["a"]["downsampled"] and kept["a"]["steps"][-1] == 2999
+    assert kept == metrics_series.series(run)  # what a chart load now reads
 
 
 def test_it_marks_a_run_with_a_stale_heartbeat_lost_with_a_reason(queued_run, limits):

@@ -34,17 +34,22 @@ def metric_names(run: Run) -> list[str]:
     return _metric_names(run.pk)
 
 
-def _metric_names(run_id: int) -> list[str]:
-    table = MetricPoint._meta.db_table
-    sql = f"""
-        WITH RECURSIVE names(name) AS (
-            SELECT MIN(name) FROM {table} WHERE run_id = %s
-            UNION ALL
-            SELECT (SELECT MIN(name) FROM {table} WHERE run_id = %s AND name > names.name)
-            FROM names WHERE names.name IS NOT NULL
+# The run's series names (the run's id twice), one index probe per name: see metric_names.
+_NAMES_CTE = f"""
+    WITH RECURSIVE names(name) AS (
+        SELECT MIN(name) FROM {MetricPoint._meta.db_table} WHERE run_id = %s
+        UNION ALL
+        SELECT (
+            SELECT MIN(name) FROM {MetricPoint._meta.db_table}
+            WHERE run_id = %s AND name > names.name
         )
-        SELECT name FROM names WHERE name IS NOT NULL
-    """
+        FROM names WHERE names.name IS NOT NULL
+    )
+"""
+
+
+def _metric_names(run_id: int) -> list[str]:
+    sql = f"{_NAMES_CTE} SELECT name FROM names WHERE name IS NOT NULL"
     with connection.cursor() as cursor:
         cursor.execute(sql, [run_id, run_id])
         return [row[0] for row in cursor.fetchall()]
@@ -81,13 +86,7 @@ def live_tail(
         window += " AND step <= %s"
         params.append(to_step)
     params += [max_points, run_id]
-    sql = f"""
-        WITH RECURSIVE names(name) AS (
-            SELECT MIN(name) FROM {table} WHERE run_id = %s
-            UNION ALL
-            SELECT (SELECT MIN(name) FROM {table} WHERE run_id = %s AND name > names.name)
-            FROM names WHERE names.name IS NOT NULL
-        )
+    sql = f"""{_NAMES_CTE}
         SELECT names.name, tail.step, tail.value FROM {Run._meta.db_table} AS run
         LEFT JOIN names ON names.name IS NOT NULL
         LEFT JOIN LATERAL (

@@ -86,3 +86,23 @@ def test_the_runs_page_shows_each_run_in_its_row(client, owner, make_run):
         page = client.get("/").content.decode()
         assert f'<tr data-run="{done.pk}">' in page and f'<tr data-run="{live.pk}">' in page
         assert "kept row" in page and "80.0" in page
+
+
+def test_the_runs_page_costs_the_same_queries_for_one_run_or_many(client, owner, make_run):
+    """The list reads only the row's columns (ROW_FIELDS): a row that needed another would
+    cost a query per run."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client.force_login(owner)
+    make_run(owner, status="succeeded", test_accuracy=0.5, tags="a,b")
+    with CaptureQueriesContext(connection) as one:
+        client.get("/")
+    for seed in range(1, 6):
+        make_run(owner, status="running", seed=seed, started_at=timezone.now())
+        make_run(owner, status="failed", seed=seed + 10, name=f"run {seed}")
+    with CaptureQueriesContext(connection) as many:
+        page = client.get("/").content.decode()
+
+    assert len(many) == len(one)
+    assert page.count("<tr data-run=") == 11

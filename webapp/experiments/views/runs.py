@@ -6,7 +6,6 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
@@ -22,11 +21,11 @@ from .. import exports, metrics_series, services
 from ..access import can_change, dataset_shown, get_run_for_user, visible_config
 from ..artifacts import checkpoint_weights, config_download, download_name, download_response
 from ..dispatch import queue_name, queue_served
-from ..filtering import SORTS, RunFilters, filter_runs
+from ..filtering import SORTS, RunFilters, dataset_names, filter_runs, owner_names
 from ..forms import config_fields
 from ..models import Run
 from ..presentation import format_duration, format_timestamp, round_fraction
-from ..run_rows import run_rows
+from ..run_rows import ROW_FIELDS, run_rows
 from .labels import save_labels
 
 RUNS_PER_PAGE = 25
@@ -134,27 +133,19 @@ def waiting_for(run: Run) -> str:
 @login_required
 def run_list(request: HttpRequest) -> HttpResponse:
     filters = RunFilters.from_query(request.GET)
-    runs = filter_runs(request.user, filters)
+    runs = filter_runs(request.user, filters).only(*ROW_FIELDS)
     page = Paginator(runs, RUNS_PER_PAGE).get_page(request.GET.get("page"))
-    owners = (
-        get_user_model()
-        .objects.filter(experiments__isnull=False)
-        .distinct()
-        .order_by("username")
-        .values_list("username", flat=True)
-    )
     context = {
         "page_obj": page,
         "runs": page.object_list,
         "rows": run_rows.rows(page.object_list),
         "filters": filters,
         "statuses": Run.Status.choices,
-        # order_by(): without it the default ordering joins the DISTINCT (one row per run).
-        "datasets": sorted(Run.objects.order_by().values_list("dataset", flat=True).distinct()),
+        "datasets": dataset_names(),
         # Every algorithm the library has, by name and label: the filter never depends on
         # which ones happen to have runs.
         "algorithms": [(name, algorithm.label) for name, algorithm in ALGORITHMS.items()],
-        "owners": list(owners),
+        "owners": owner_names(),
         "sorts": [(key, label) for key, (label, _) in SORTS.items()],
         "filtered": filters.active,
         "live_ids": [run.pk for run in page.object_list if run.is_active],

@@ -57,16 +57,24 @@ class RunFilters:
         return any((self.status, self.dataset, self.algorithm, self.owner, self.q, self.tag))
 
 
+# Columns no list shows (the JSON ones are the widest): leaving them out spares reading and
+# decoding them for every row. A run's own page and downloads read them (get_run_for_user).
+UNLISTED = (
+    "config",
+    "experiment__config",
+    "experiment__description",
+    "experiment__sweep_params",
+    "experiment__owner__password",
+    "experiment__user_dataset__class_split",
+)
+
+
 def filter_runs(user, filters: RunFilters, runs: QuerySet[Run] | None = None) -> QuerySet[Run]:
     """`runs` (default: every run, which every logged-in user may read) narrowed and ordered
     by `filters`, with the experiment, its owner and its uploaded dataset loaded."""
     if runs is None:
         runs = Run.objects.all()
-    # The configs (JSON, the widest columns) are in no list: leaving them out spares decoding
-    # two per row. A run's own page and download read them through get_run_for_user.
-    runs = runs.select_related("experiment__owner", "experiment__user_dataset").defer(
-        "config", "experiment__config"
-    )
+    runs = runs.select_related("experiment__owner", "experiment__user_dataset").defer(*UNLISTED)
     if filters.status:
         runs = runs.filter(status=filters.status)
     if filters.dataset:

@@ -322,3 +322,22 @@ def test_nul_characters_in_queries_are_refused_not_a_server_error(api, owner, ma
 
 def test_a_nul_character_in_a_leaderboard_key_is_404(api):
     assert api.get("/api/leaderboard/omniglot%00-paper-5way-1shot-transductive").status_code == 404
+
+
+def test_the_runs_list_costs_the_same_queries_for_one_run_or_many(api, owner, make_run):
+    """The list leaves columns out (filtering.UNLISTED): an answer that needed one would cost
+    a query per run."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    make_run(owner, status="succeeded", test_accuracy=0.5)
+    api.get(URL)  # the token's first use of the minute also writes last_used_at
+    with CaptureQueriesContext(connection) as one:
+        api.get(URL)
+    for seed in range(1, 6):
+        make_run(owner, status="running", seed=seed)
+    with CaptureQueriesContext(connection) as many:
+        body = api.get(URL).json()
+
+    assert len(many) == len(one)
+    assert body["count"] == 6 and len(body["items"]) == 6

@@ -16,7 +16,9 @@ def test_the_dataset_menu_is_empty_without_runs(db):
     assert dataset_names() == []
 
 
-def test_the_owner_menu_lists_everyone_with_an_experiment_once(owner, stranger, make_user, make_run):
+def test_the_owner_menu_lists_everyone_with_an_experiment_once(
+    owner, stranger, make_user, make_run
+):
     make_user("nobody-with-runs")
     make_run(stranger, seed=0)
     make_run(stranger, seed=1)

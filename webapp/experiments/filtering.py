@@ -15,6 +15,7 @@ from django.db import connection
 from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
 
 from .models import Experiment, Run, normalize_tags
+from .skip_scan import distinct_values_cte
 
 # key -> (label, ordering)
 SORTS: dict[str, tuple[str, list]] = {
@@ -129,23 +130,11 @@ def filter_experiments(q: str = "", tag: str = "", owner: str = "", user=None) -
 
 
 def dataset_names() -> list[str]:
-    """Every dataset some run trains on, sorted: the runs page's dataset menu.
-
-    A DISTINCT reads every run (10 ms at 10,000); this recursive query jumps from one value to
-    the next on the dataset index instead: one probe per dataset. SQLite runs it too.
-    """
-    table = Run._meta.db_table
-    sql = f"""
-        WITH RECURSIVE datasets(name) AS (
-            SELECT MIN(dataset) FROM {table}
-            UNION ALL
-            SELECT (SELECT MIN(dataset) FROM {table} WHERE dataset > datasets.name)
-            FROM datasets WHERE datasets.name IS NOT NULL
-        )
-        SELECT name FROM datasets WHERE name IS NOT NULL
-    """
+    """Every dataset some run trains on, sorted: the runs page's dataset menu. One probe of the
+    dataset index per dataset (skip_scan), where a DISTINCT read every run (10 ms at 10,000)."""
+    cte = distinct_values_cte("datasets", Run._meta.db_table, "dataset")
     with connection.cursor() as cursor:
-        cursor.execute(sql)
+        cursor.execute(f"{cte} SELECT value FROM datasets WHERE value IS NOT NULL")
         return sorted(row[0] for row in cursor.fetchall())
 
 

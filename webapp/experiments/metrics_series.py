@@ -19,6 +19,7 @@ from django.db.models.expressions import ExpressionWrapper
 
 from . import series_summaries
 from .models import MetricPoint, Run
+from .skip_scan import distinct_values_cte
 
 DEFAULT_MAX_POINTS = 1500
 MIN_MAX_POINTS = 2  # the first and the last point
@@ -35,21 +36,11 @@ def metric_names(run: Run) -> list[str]:
 
 
 # The run's series names (the run's id twice), one index probe per name: see metric_names.
-_NAMES_CTE = f"""
-    WITH RECURSIVE names(name) AS (
-        SELECT MIN(name) FROM {MetricPoint._meta.db_table} WHERE run_id = %s
-        UNION ALL
-        SELECT (
-            SELECT MIN(name) FROM {MetricPoint._meta.db_table}
-            WHERE run_id = %s AND name > names.name
-        )
-        FROM names WHERE names.name IS NOT NULL
-    )
-"""
+_NAMES_CTE = distinct_values_cte("names", MetricPoint._meta.db_table, "name", "run_id = %s")
 
 
 def _metric_names(run_id: int) -> list[str]:
-    sql = f"{_NAMES_CTE} SELECT name FROM names WHERE name IS NOT NULL"
+    sql = f"{_NAMES_CTE} SELECT value FROM names WHERE value IS NOT NULL"
     with connection.cursor() as cursor:
         cursor.execute(sql, [run_id, run_id])
         return [row[0] for row in cursor.fetchall()]
@@ -87,15 +78,15 @@ def live_tail(
         params.append(to_step)
     params += [max_points, run_id]
     sql = f"""{_NAMES_CTE}
-        SELECT names.name, tail.step, tail.value FROM {Run._meta.db_table} AS run
-        LEFT JOIN names ON names.name IS NOT NULL
+        SELECT names.value, tail.step, tail.value FROM {Run._meta.db_table} AS run
+        LEFT JOIN names ON names.value IS NOT NULL
         LEFT JOIN LATERAL (
             SELECT step, value FROM {table}
-            WHERE run_id = %s AND name = names.name AND step > %s{window}
+            WHERE run_id = %s AND name = names.value AND step > %s{window}
             ORDER BY step LIMIT %s
         ) AS tail ON TRUE
         WHERE run.id = %s
-        ORDER BY names.name, tail.step
+        ORDER BY names.value, tail.step
     """
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
@@ -227,6 +218,10 @@ def series(
     """
     if max_points < MIN_MAX_POINTS:
         raise ValueError(f"max_points must be at least {MIN_MAX_POINTS}")
+    if after_step is not None and names is None and connection.vendor == "postgresql":
+        # A live page's poll of every series: one statement (live_tail), not one per series.
+        found = live_tail(run.pk, after_step, max_points, from_step=from_step, to_step=to_step)
+        return found[1] if found else {}
     if names is None:
         names = metric_names(run)
     if not names:

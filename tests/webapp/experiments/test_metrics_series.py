@@ -238,3 +238,15 @@ def test_the_live_tail_is_one_query_on_postgresql(run, django_assert_max_num_que
     with django_assert_max_num_queries(1 if connection.vendor == "postgresql" else 7):
         _, tails = live_tail(run.pk, after_step=40)
     assert [len(t["steps"]) for t in tails.values()] == [9] * 5
+
+
+def test_a_tail_of_every_series_is_one_query_on_postgresql(run, django_assert_max_num_queries):
+    """The run page's own poll (series without names) takes the live tail's single statement."""
+    from django.db import connection
+
+    for name in ("a", "b", "c"):
+        add_points(run, name, range(1, 30), [0.25] * 29)
+    with django_assert_max_num_queries(1 if connection.vendor == "postgresql" else 4):
+        tails = series(run, after_step=25)
+    assert [t["steps"] for t in tails.values()] == [[26, 27, 28, 29]] * 3
+    assert tails == live_tail(run.pk, after_step=25)[1]

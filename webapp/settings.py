@@ -169,14 +169,6 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "NAME": str(BASE_DIR / "var" / f"test-db-{os.getpid()}.sqlite3"),
     }
     (BASE_DIR / "var").mkdir(exist_ok=True)
-elif DATABASES["default"]["ENGINE"].startswith("django.db.backends.postgresql") and env_bool(
-    "DB_JIT_OFF", True
-):
-    # PostgreSQL compiles a query to machine code once its estimated cost passes jit_above_cost.
-    # Our reads are short index lookups whose estimates can still be large (a live chart's tail
-    # is estimated at 150,000 rows and returns 50), and compiling then costs 30 ms for a query
-    # that runs in 1 ms. Analytical queries are not what this site runs.
-    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("options", "-c jit=off")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # ------------------------------------------------------------------------------------------
@@ -324,6 +316,29 @@ CELERY_BEAT_SCHEDULE: dict = {}  # set in webapp/celery.py (dispatcher, lost run
 RUN_HEARTBEAT_SECONDS = env_int("RUN_HEARTBEAT_SECONDS", 5)
 RUN_LOST_AFTER_SECONDS = env_int("RUN_LOST_AFTER_SECONDS", 90)
 RUN_MAX_ATTEMPTS = env_int("RUN_MAX_ATTEMPTS", 3)
+# PostgreSQL ends a session left idle inside a transaction this long, releasing its locks (0:
+# never). A worker frozen in the middle of a write (SIGSTOP, a paused VM, a network split) keeps
+# its run's row locked for as long as it is frozen, and while it is locked the run can be
+# neither declared lost nor resumed. No transaction of ours waits on its client for long, and
+# a writer silent for RUN_LOST_AFTER_SECONDS has lost its run anyway.
+DB_IDLE_IN_TRANSACTION_SECONDS = env_int("DB_IDLE_IN_TRANSACTION_SECONDS", RUN_LOST_AFTER_SECONDS)
+if DB_IDLE_IN_TRANSACTION_SECONDS < 0:
+    raise ImproperlyConfigured(
+        f"DB_IDLE_IN_TRANSACTION_SECONDS={DB_IDLE_IN_TRANSACTION_SECONDS}: expected 0 (never) "
+        "or a number of seconds"
+    )
+if DATABASES["default"]["ENGINE"].startswith("django.db.backends.postgresql"):
+    _session = [f"idle_in_transaction_session_timeout={DB_IDLE_IN_TRANSACTION_SECONDS * 1000}"]
+    if env_bool("DB_JIT_OFF", True):
+        # PostgreSQL compiles a query to machine code once its estimated cost passes
+        # jit_above_cost. Our reads are short index lookups whose estimates can still be large
+        # (a live chart's tail is estimated at 150,000 rows and returns 50), and compiling then
+        # costs 30 ms for a query that runs in 1 ms. Analytical queries are not what this site
+        # runs.
+        _session.append("jit=off")
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+        "options", " ".join(f"-c {setting}" for setting in _session)
+    )
 # A queued run whose message was sent this long ago and is still not claimed is sent again by
 # the dispatcher (the message was lost: Redis restarted without persistence, or was flushed).
 # Longer than a message may wait for a free worker is not needed: a duplicate is harmless (a

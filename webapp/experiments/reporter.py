@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, connection, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from metatrain import Reporter
@@ -55,6 +55,20 @@ from .models import Evaluation, MetricPoint, Run, RunAttempt
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# PostgreSQL ended the session for a transaction left idle too long (the worker was frozen
+# mid-write: DB_IDLE_IN_TRANSACTION_SECONDS) or open too long; reported as InternalError, but
+# the session is gone all the same and a new connection is what it takes.
+SESSION_ENDED_SQLSTATES = frozenset({"25P03", "25P04"})
+
+
+def _connection_lost(exc: DatabaseError) -> bool:
+    """Did the query fail because the session is gone (the server unreachable, restarted, or
+    ending a transaction this worker left idle while it was frozen)?"""
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    return getattr(exc.__cause__, "sqlstate", None) in SESSION_ENDED_SQLSTATES
+
 
 # Reasons `should_stop()` returned True, in `DbReporter.stop_reason`.
 STOP_CANCEL = "cancel"
@@ -477,7 +491,9 @@ class DbReporter(Reporter):
         for tries in (1, 2):
             try:
                 result = action()
-            except (OperationalError, InterfaceError) as exc:
+            except DatabaseError as exc:
+                if not _connection_lost(exc):
+                    raise
                 connection.close()
                 if tries == 1:
                     continue

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
 from datetime import timedelta
 
+import psycopg
 import pytest
+from django.conf import settings
+from django.db import connection, connections
 from django.utils import timezone
 
 from webapp.experiments import lifecycle, metrics_series, series_summaries, services
@@ -244,3 +251,83 @@ def test_a_run_whose_worker_went_quiet_with_it_is_called_gone_not_stalled(queued
     assert lifecycle.mark_stale_runs_lost() == [run.pk]
     run.refresh_from_db()
     assert run.status_reason.startswith("no heartbeat for 75 s")
+
+
+# -- a worker frozen inside a transaction (SIGSTOP, a VM paused, a GC pause) -------------------
+# It keeps the run's row locked for as long as it is frozen: the supervisor must go on
+# supervising every other run, and the server must end that transaction in bounded time.
+on_postgresql = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="row locks: SQLite locks the whole file instead"
+)
+
+
+@contextlib.contextmanager
+def _frozen_holder_of(run: Run, **session: str) -> Iterator[psycopg.Connection]:
+    """A second session that locked the run's row, as a worker's fenced write does, and then
+    stopped: its transaction stays open until the server or the test ends it."""
+    params = connection.get_connection_params()
+    if session:
+        params["options"] = " ".join(f"-c {name}={value}" for name, value in session.items())
+    holder = psycopg.connect(**params)
+    try:
+        holder.execute("SELECT id FROM experiments_run WHERE id = %s FOR UPDATE", [run.pk])
+        yield holder
+    finally:
+        holder.close()
+
+
+def _supervise_within(seconds: float) -> dict[str, list[int]]:
+    """supervise() in a thread: a test that would block on a lock fails instead of hanging."""
+    result: dict = {}
+
+    def work() -> None:
+        try:
+            result.update(lifecycle.supervise())
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"supervise() was still blocked after {seconds} s"
+    return result
+
+
+@on_postgresql
+@pytest.mark.django_db(transaction=True)
+def test_a_run_whose_row_a_frozen_worker_holds_does_not_block_the_supervision_of_others(
+    owner, make_experiment, limits
+):
+    frozen, other = (_claim(make_experiment(owner, name=n).runs.get()) for n in ("a", "b"))
+    _go_stale(frozen)
+    _go_stale(other)
+    with _frozen_holder_of(frozen):
+        assert _supervise_within(10)["lost"] == [other.pk]
+        assert Run.objects.get(pk=frozen.pk).status == Run.Status.RUNNING
+    # Its lock gone, it is judged by its heartbeat like any run.
+    assert _supervise_within(10)["lost"] == [frozen.pk]
+
+
+@on_postgresql
+@pytest.mark.django_db(transaction=True)
+def test_the_server_ends_a_frozen_transaction_and_its_run_is_then_declared_lost(
+    owner, make_experiment, limits
+):
+    run = _claim(make_experiment(owner).runs.get())
+    _go_stale(run)
+    with _frozen_holder_of(run, idle_in_transaction_session_timeout="500") as holder:
+        assert _supervise_within(10)["lost"] == []
+        time.sleep(1.5)
+        assert _supervise_within(10)["lost"] == [run.pk]
+        with pytest.raises(psycopg.Error, match="idle-in-transaction timeout"):
+            holder.execute("SELECT 1")  # the frozen worker, woken: its session is gone
+
+
+@on_postgresql
+def test_every_site_connection_gives_up_a_transaction_left_idle_for_a_run_s_lost_limit(db):
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT setting, unit FROM pg_settings WHERE name = 'idle_in_transaction_session_timeout'"
+        )
+        assert cursor.fetchone() == (str(settings.DB_IDLE_IN_TRANSACTION_SECONDS * 1000), "ms")
+    assert settings.DB_IDLE_IN_TRANSACTION_SECONDS == settings.RUN_LOST_AFTER_SECONDS

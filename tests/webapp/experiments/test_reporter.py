@@ -3,18 +3,21 @@ throttling is tested without sleeping."""
 
 from __future__ import annotations
 
+import threading
 import time
+from datetime import timedelta
 
 import pytest
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.db import OperationalError, connection
+from django.db import OperationalError, connection, connections
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from metatrain import EvalResult
 from webapp.experiments import lifecycle, run_files, services, workers
 from webapp.experiments.models import Evaluation, MetricPoint, Run, RunAttempt
-from webapp.experiments.reporter import DbReporter
+from webapp.experiments.reporter import STOP_LOST, DbReporter
 
 
 class FakeClock:
@@ -534,3 +537,51 @@ def test_a_woken_attempt_writes_no_evaluation_progress(run, clock):
     run.refresh_from_db()
     assert (run.phase, run.eval_tasks_total, run.attempts) == ("training", 0, 2)
     assert paused.stop_reason == "lost"
+
+
+def _in_another_session(work):
+    """`work()` on a connection of its own, as another process (the supervisor) would."""
+    result = []
+    thread = threading.Thread(target=lambda: result.append(_closing(work)))
+    thread.start()
+    thread.join(30)
+    return result[0]
+
+
+def _closing(work):
+    try:
+        return work()
+    finally:
+        connections.close_all()
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="a PostgreSQL session setting")
+@pytest.mark.django_db(transaction=True)  # the reporter's session is ended and reopened
+def test_a_worker_frozen_mid_write_stops_as_lost_once_the_server_ended_its_session(
+    run, clock, settings
+):
+    """Frozen (SIGSTOP) between locking its run and writing its points: the server ends the
+    idle transaction, the supervisor can then declare the run lost, and the woken worker
+    reconnects, finds the run gone and writes nothing, rather than failing the run."""
+    settings.RUN_LOST_AFTER_SECONDS = 60
+    reporter = _reporter(run, clock)
+    reporter.on_start({"start_iteration": 0, "total_iterations": 10})
+    for i in range(1, 5):
+        reporter.on_iteration(i, _metrics(i))
+    Run.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=120))
+    with connection.cursor() as cursor:
+        cursor.execute("SET idle_in_transaction_session_timeout = 300")
+    declared_lost = []
+
+    def freeze_before_the_points(execute, sql, params, many, context):
+        if "INSERT" in sql and "metricpoint" in sql and not declared_lost:
+            time.sleep(1)
+            declared_lost.append(_in_another_session(lifecycle.mark_stale_runs_lost))
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(freeze_before_the_points):
+        assert reporter.flush() is False
+    assert declared_lost == [[run.pk]]
+    assert reporter.stop_reason == STOP_LOST
+    assert _points(run) == {}
+    assert Run.objects.get(pk=run.pk).status == Run.Status.LOST

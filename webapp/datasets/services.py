@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -69,9 +70,15 @@ def create_dataset(
     archive: UploadedFile,
     is_public: bool = False,
     split_seed: int = 0,
+    check: Callable[[], None] | None = None,
 ) -> UserDataset:
     """Store the uploaded zip through the storage API, save the dataset as pending, and
-    enqueue its processing after commit. Nothing is opened or extracted here."""
+    enqueue its processing after commit. Nothing is opened or extracted here.
+
+    `check` (the owner's quotas) runs in the transaction that saves the row, before it; what
+    it raises leaves nothing behind. The zip is stored before that transaction begins: sending
+    200 MB to S3 can take minutes, and a transaction left idle that long would hold the owner's
+    row locked and be ended by PostgreSQL (DB_IDLE_IN_TRANSACTION_SECONDS)."""
     limit = settings.DATASET_MAX_UPLOAD_BYTES
     if archive.size is None or archive.size > limit:
         raise DatasetError(
@@ -88,6 +95,8 @@ def create_dataset(
     dataset.upload.save(archive.name or "upload.zip", archive, save=False)
     try:
         with transaction.atomic():
+            if check is not None:
+                check()
             dataset.save()
             enqueue_on_commit(dataset)
     except BaseException:

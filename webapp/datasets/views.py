@@ -4,11 +4,14 @@ Every page needs a logged-in user and fetches datasets through `access`. The upl
 stores the zip and enqueues its processing; an oversize upload is refused from its
 Content-Length before the body is read, and a size-limit upload handler stops one that lied
 about it, so neither is written to storage. An upload that would pass the user's dataset quotas
-(QUOTA_MAX_DATASETS, QUOTA_MAX_DATASET_BYTES) is refused before anything is stored, checked with
-the user's row locked in the transaction that saves the dataset.
+(QUOTA_MAX_DATASETS, QUOTA_MAX_DATASET_BYTES) is refused before anything is stored, and checked
+again with the user's row locked in the transaction that saves the dataset (the zip is stored
+between the two, outside any transaction).
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 from django.conf import settings
 from django.contrib import messages
@@ -68,16 +71,20 @@ def _upload_post(request: HttpRequest, handler: SizeLimitUploadHandler) -> HttpR
         return _too_large(request, DatasetUploadForm(initial=request.POST.dict()))
     if form.is_valid():
         data = form.cleaned_data
+        check = partial(quotas.check_dataset_quotas, request.user, data["archive"].size)
         try:
             with transaction.atomic():
-                quotas.check_dataset_quotas(request.user, data["archive"].size)
-                dataset = services.create_dataset(
-                    request.user,
-                    name=data["name"],
-                    archive=data["archive"],
-                    is_public=data["is_public"],
-                    split_seed=data["split_seed"],
-                )
+                check()  # before the zip is stored: nothing to undo
+            # Then again, with the row locked, in the transaction that saves the dataset (two
+            # uploads at once); the zip is stored between the two, outside any transaction.
+            dataset = services.create_dataset(
+                request.user,
+                name=data["name"],
+                archive=data["archive"],
+                is_public=data["is_public"],
+                split_seed=data["split_seed"],
+                check=check,
+            )
         except QuotaExceeded as err:
             form.add_error(None, str(err))
         except services.DatasetError as err:

@@ -1,12 +1,14 @@
 """Upload quotas (QUOTA_MAX_DATASETS, QUOTA_MAX_DATASET_BYTES): an upload past them is refused
-on the form, naming the limit and the usage, before anything is stored or sent; rejected
-datasets do not count; staff are exempt; the upload page shows the usage."""
+on the form, naming the limit and the usage, before anything is stored or sent, and again
+under a lock once the archive is stored (outside any transaction); rejected datasets do not
+count; staff are exempt; the upload page shows the usage."""
 
 from __future__ import annotations
 
 import hostile_archives as ha
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection
 from django.urls import reverse
 
 from webapp.datasets.models import UserDataset
@@ -96,3 +98,47 @@ def test_the_upload_page_shows_the_usage(client, owner, limits):
     page = client.get(reverse("dataset-upload")).content.decode()
 
     assert "You use 1 of 5 datasets and 1 KiB of 2 KiB." in page
+
+
+@pytest.fixture
+def storing(monkeypatch):
+    """Calls `on_store()` as the archive is stored; records whether a transaction was open."""
+    storage = UserDataset._meta.get_field("upload").storage
+    save = storage.save
+    seen: dict = {"in_transaction": [], "on_store": lambda: None}
+
+    def save_and_note(*args, **kwargs):
+        seen["in_transaction"].append(connection.in_atomic_block)
+        seen["on_store"]()
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "save", save_and_note)
+    return seen
+
+
+@pytest.mark.django_db(transaction=True)  # to see whether the view opened one
+def test_the_archive_is_stored_outside_any_transaction(client, owner, limits, sent, storing):
+    """Storing 200 MB in S3 can take minutes: no row lock or transaction is held meanwhile."""
+    limits.QUOTA_MAX_DATASETS = 2
+    client.force_login(owner)
+
+    assert upload(client).status_code == 302
+    assert storing["in_transaction"] == [False]
+    assert UserDataset.objects.filter(owner=owner).count() == 1
+
+
+def test_an_upload_that_a_concurrent_one_pushed_past_the_quota_leaves_nothing(
+    client, owner, limits, sent, storing, dataset_dirs
+):
+    """Both pass the first check; the other is saved while this one's zip is stored: the check
+    under the lock refuses this one, and its stored zip is deleted."""
+    limits.QUOTA_MAX_DATASETS = 1
+    storing["on_store"] = lambda: dataset(owner, status="pending")
+    client.force_login(owner)
+
+    response = upload(client)
+
+    assert response.status_code == 200
+    assert "You have 1 datasets and the limit is 1 per user" in response.content.decode()
+    assert list(UserDataset.objects.values_list("name", flat=True)) == ["old"]  # the other
+    assert [p for p in dataset_dirs[0].rglob("*") if p.is_file()] == [] and sent == []

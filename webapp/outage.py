@@ -1,7 +1,7 @@
 """The database unreachable is an outage, not a bug: 503 with Retry-After, never a 500 page.
 
 Django raises OperationalError (cannot connect, connection lost, database locked past its
-timeout) or InterfaceError (a connection already closed) from wherever a query runs: a view,
+timeout, a row lock waited for longer than DB_LOCK_TIMEOUT_SECONDS) or InterfaceError (a connection already closed) from wherever a query runs: a view,
 the lazy `request.user` of a session, the API's token lookup. The API's exception handler and
 this middleware both answer with `outage_response`: a JSON `{"detail": ...}` under /api/, a
 plain page elsewhere. The page is rendered without a request context, because the context
@@ -23,16 +23,34 @@ logger = logging.getLogger(__name__)
 OUTAGE_ERRORS = (OperationalError, InterfaceError)
 API_PREFIX = "/api/"
 MESSAGE = "The database is unavailable. Try again in a moment (see Retry-After)."
+BUSY_MESSAGE = (
+    "What this request changes is locked by another writer (a worker in the middle of a "
+    "write, or one frozen there); nothing was changed. Try again in a moment (see Retry-After)."
+)
+# PostgreSQL's lock_not_available: a statement waited DB_LOCK_TIMEOUT_SECONDS for a row lock.
+LOCK_TIMEOUT_SQLSTATE = "55P03"
+
+
+def is_lock_timeout(exc: BaseException) -> bool:
+    return getattr(exc.__cause__, "sqlstate", None) == LOCK_TIMEOUT_SQLSTATE
 
 
 def outage_response(request: HttpRequest, exc: BaseException) -> HttpResponse:
     """503 for `request` (JSON under /api/, a plain page elsewhere), Retry-After set."""
-    logger.error("database unavailable for %s %s: %s", request.method, request.path, exc)
+    busy = is_lock_timeout(exc)
+    logger.error(
+        "database %s for %s %s: %s",
+        "busy" if busy else "unavailable",
+        request.method,
+        request.path,
+        exc,
+    )
     retry_after = settings.OUTAGE_RETRY_AFTER_SECONDS
     if request.path_info.startswith(API_PREFIX):
-        response: HttpResponse = JsonResponse({"detail": MESSAGE}, status=503)
+        detail = BUSY_MESSAGE if busy else MESSAGE
+        response: HttpResponse = JsonResponse({"detail": detail}, status=503)
     else:
-        page = render_to_string("503.html", {"retry_after": retry_after})
+        page = render_to_string("503.html", {"retry_after": retry_after, "busy": busy})
         response = HttpResponse(page, status=503)
     response["Retry-After"] = str(retry_after)
     return response

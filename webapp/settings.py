@@ -327,8 +327,20 @@ if DB_IDLE_IN_TRANSACTION_SECONDS < 0:
         f"DB_IDLE_IN_TRANSACTION_SECONDS={DB_IDLE_IN_TRANSACTION_SECONDS}: expected 0 (never) "
         "or a number of seconds"
     )
+# How long a statement waits for a row lock before failing (0: forever). Ours are held for
+# milliseconds; one held longer is a writer frozen mid-transaction, and a page that waited for
+# it would hang until gunicorn kills its worker (--timeout=60). It answers 503 "busy" instead.
+DB_LOCK_TIMEOUT_SECONDS = env_int("DB_LOCK_TIMEOUT_SECONDS", 10)
+if DB_LOCK_TIMEOUT_SECONDS < 0:
+    raise ImproperlyConfigured(
+        f"DB_LOCK_TIMEOUT_SECONDS={DB_LOCK_TIMEOUT_SECONDS}: expected 0 (wait for ever) or a "
+        "number of seconds"
+    )
 if DATABASES["default"]["ENGINE"].startswith("django.db.backends.postgresql"):
-    _session = [f"idle_in_transaction_session_timeout={DB_IDLE_IN_TRANSACTION_SECONDS * 1000}"]
+    _session = [
+        f"idle_in_transaction_session_timeout={DB_IDLE_IN_TRANSACTION_SECONDS * 1000}",
+        f"lock_timeout={DB_LOCK_TIMEOUT_SECONDS * 1000}",
+    ]
     if env_bool("DB_JIT_OFF", True):
         # PostgreSQL compiles a query to machine code once its estimated cost passes
         # jit_above_cost. Our reads are short index lookups whose estimates can still be large

@@ -8,10 +8,14 @@ produce, are written directly through the ORM.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+from collections.abc import Callable, Iterator
 
+import psycopg
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import connection
 
 # A valid, tiny Omniglot config: validation needs no data on disk.
 SMALL_CONFIG = {
@@ -152,3 +156,25 @@ def make_ready_dataset(db, settings, tmp_path):
         return UserDataset.objects.create(owner=owner, **values)
 
     return make
+
+
+@pytest.fixture
+def frozen_holder() -> Callable[..., contextlib.AbstractContextManager[psycopg.Connection]]:
+    """`with frozen_holder(run, **session_settings):` a second PostgreSQL session that locked
+    the run's row, as a worker's fenced write does, and then stopped (SIGSTOP, a paused VM):
+    its transaction stays open until the server or the block ends it. Needs
+    `django_db(transaction=True)`, so that the other session sees the run."""
+
+    @contextlib.contextmanager
+    def hold(run, **session: str) -> Iterator[psycopg.Connection]:
+        params = connection.get_connection_params()
+        if session:
+            params["options"] = " ".join(f"-c {name}={value}" for name, value in session.items())
+        holder = psycopg.connect(**params)
+        try:
+            holder.execute("SELECT id FROM experiments_run WHERE id = %s FOR UPDATE", [run.pk])
+            yield holder
+        finally:
+            holder.close()
+
+    return hold

@@ -27,6 +27,10 @@ CLEARED = (
     "SECURE_HSTS_SECONDS",
     "DJANGO_SETTINGS_MODULE",
     "WORKER_TASK_WORKERS",
+    "RUN_LOST_AFTER_SECONDS",
+    "DB_IDLE_IN_TRANSACTION_SECONDS",
+    "DB_LOCK_TIMEOUT_SECONDS",
+    "DB_JIT_OFF",
 )
 GOOD_KEY = secrets.token_urlsafe(50)
 
@@ -159,6 +163,45 @@ def test_a_bad_quota_is_refused_at_start(raw):
 
     assert result.returncode == 1
     assert f"QUOTA_MAX_QUEUED_RUNS={raw}" in result.stderr or raw in result.stderr
+    assert "ImproperlyConfigured" in result.stderr
+
+
+def test_postgresql_sessions_get_the_idle_and_lock_limits_and_the_idle_one_follows_lost_runs():
+    code = "import webapp.settings as s; print(s.DATABASES['default']['OPTIONS']['options'])"
+
+    default = python(code, DATABASE_URL="postgres://u@h/db", RUN_LOST_AFTER_SECONDS="120")
+    chosen = python(
+        code,
+        DATABASE_URL="postgres://u@h/db",
+        DB_IDLE_IN_TRANSACTION_SECONDS="0",
+        DB_LOCK_TIMEOUT_SECONDS="3",
+        DB_JIT_OFF="false",
+    )
+
+    assert default.returncode == chosen.returncode == 0, default.stderr + chosen.stderr
+    assert default.stdout.split() == [
+        "-c",
+        "idle_in_transaction_session_timeout=120000",
+        "-c",
+        "lock_timeout=10000",
+        "-c",
+        "jit=off",
+    ]
+    assert chosen.stdout.split() == [
+        "-c",
+        "idle_in_transaction_session_timeout=0",
+        "-c",
+        "lock_timeout=3000",
+    ]
+
+
+@pytest.mark.parametrize("name", ["DB_IDLE_IN_TRANSACTION_SECONDS", "DB_LOCK_TIMEOUT_SECONDS"])
+@pytest.mark.parametrize("raw", ["-1", "soon"])
+def test_a_bad_database_time_limit_is_refused_at_start(name, raw):
+    result = python("import webapp.settings", **{name: raw})
+
+    assert result.returncode == 1
+    assert f"{name}=" in result.stderr and raw in result.stderr
     assert "ImproperlyConfigured" in result.stderr
 
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 
 import psycopg
@@ -261,21 +259,6 @@ on_postgresql = pytest.mark.skipif(
 )
 
 
-@contextlib.contextmanager
-def _frozen_holder_of(run: Run, **session: str) -> Iterator[psycopg.Connection]:
-    """A second session that locked the run's row, as a worker's fenced write does, and then
-    stopped: its transaction stays open until the server or the test ends it."""
-    params = connection.get_connection_params()
-    if session:
-        params["options"] = " ".join(f"-c {name}={value}" for name, value in session.items())
-    holder = psycopg.connect(**params)
-    try:
-        holder.execute("SELECT id FROM experiments_run WHERE id = %s FOR UPDATE", [run.pk])
-        yield holder
-    finally:
-        holder.close()
-
-
 def _supervise_within(seconds: float) -> dict[str, list[int]]:
     """supervise() in a thread: a test that would block on a lock fails instead of hanging."""
     result: dict = {}
@@ -296,12 +279,12 @@ def _supervise_within(seconds: float) -> dict[str, list[int]]:
 @on_postgresql
 @pytest.mark.django_db(transaction=True)
 def test_a_run_whose_row_a_frozen_worker_holds_does_not_block_the_supervision_of_others(
-    owner, make_experiment, limits
+    owner, make_experiment, limits, frozen_holder
 ):
     frozen, other = (_claim(make_experiment(owner, name=n).runs.get()) for n in ("a", "b"))
     _go_stale(frozen)
     _go_stale(other)
-    with _frozen_holder_of(frozen):
+    with frozen_holder(frozen):
         assert _supervise_within(10)["lost"] == [other.pk]
         assert Run.objects.get(pk=frozen.pk).status == Run.Status.RUNNING
     # Its lock gone, it is judged by its heartbeat like any run.
@@ -311,11 +294,11 @@ def test_a_run_whose_row_a_frozen_worker_holds_does_not_block_the_supervision_of
 @on_postgresql
 @pytest.mark.django_db(transaction=True)
 def test_the_server_ends_a_frozen_transaction_and_its_run_is_then_declared_lost(
-    owner, make_experiment, limits
+    owner, make_experiment, limits, frozen_holder
 ):
     run = _claim(make_experiment(owner).runs.get())
     _go_stale(run)
-    with _frozen_holder_of(run, idle_in_transaction_session_timeout="500") as holder:
+    with frozen_holder(run, idle_in_transaction_session_timeout="500") as holder:
         assert _supervise_within(10)["lost"] == []
         time.sleep(1.5)
         assert _supervise_within(10)["lost"] == [run.pk]
@@ -324,10 +307,21 @@ def test_the_server_ends_a_frozen_transaction_and_its_run_is_then_declared_lost(
 
 
 @on_postgresql
-def test_every_site_connection_gives_up_a_transaction_left_idle_for_a_run_s_lost_limit(db):
+def test_every_site_connection_bounds_idle_transactions_and_lock_waits(db):
+    """What the frozen-worker rules rest on: the site's PostgreSQL sessions are opened with
+    both limits (webapp/settings.py); an idle transaction by default outlives no run's
+    heartbeat limit."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT setting, unit FROM pg_settings WHERE name = 'idle_in_transaction_session_timeout'"
+            "SELECT name, setting, unit FROM pg_settings "
+            "WHERE name IN ('idle_in_transaction_session_timeout', 'lock_timeout') ORDER BY name"
         )
-        assert cursor.fetchone() == (str(settings.DB_IDLE_IN_TRANSACTION_SECONDS * 1000), "ms")
+        assert cursor.fetchall() == [
+            (
+                "idle_in_transaction_session_timeout",
+                f"{settings.DB_IDLE_IN_TRANSACTION_SECONDS}000",
+                "ms",
+            ),
+            ("lock_timeout", f"{settings.DB_LOCK_TIMEOUT_SECONDS}000", "ms"),
+        ]
     assert settings.DB_IDLE_IN_TRANSACTION_SECONDS == settings.RUN_LOST_AFTER_SECONDS

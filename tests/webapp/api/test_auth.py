@@ -112,6 +112,20 @@ def test_a_token_records_its_use_at_most_once_a_minute(owner):
     assert token.last_used_at > first
 
 
+def test_a_token_is_checked_in_one_query_and_gives_its_user(owner, django_assert_num_queries):
+    token, raw = ApiToken.issue(owner, "script")
+    assert ApiToken.authenticate(raw) == owner  # its first use: the write of last_used_at
+
+    with django_assert_num_queries(1):
+        user = ApiToken.authenticate(raw)
+
+    assert (user.pk, user.username, user.is_active) == (owner.pk, owner.username, True)
+    assert user.date_joined == owner.date_joined  # a whole user, its columns converted
+    assert ApiToken.authenticate(raw + "x") is None
+    token.revoke()
+    assert ApiToken.authenticate(raw) is None
+
+
 def test_a_session_user_may_read(owner):
     client = Client(enforce_csrf_checks=True)
     client.force_login(owner)

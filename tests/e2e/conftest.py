@@ -20,8 +20,8 @@ Fixtures
     The environment a worker gets: DATABASE_URL naming this test's database (the SQLite test
     file, or the PostgreSQL test database), CELERY_BROKER_URL, RUNS_ROOT and MEDIA_ROOT under
     tmp_path (this process's settings point to the same folders, so stored files can be
-    read), METATRAIN_DATA, RUN_HEARTBEAT_SECONDS=1 and one torch thread. Add keys to it
-    before starting a worker to change its settings.
+    read), METATRAIN_DATA, RUN_HEARTBEAT_SECONDS=1, DB_IDLE_IN_TRANSACTION_SECONDS=5 and one
+    torch thread. Add keys to it before starting a worker to change its settings.
 `start_worker(queues=("cpu", "any"), name=None, env=None) -> WorkerProcess`
     Starts `celery -A webapp worker` (the same command line as `make run`: concurrency 1,
     prefetch disabled; `webapp.devstack.start_training_worker`) in its own process group
@@ -186,6 +186,9 @@ def worker_env(transactional_db, e2e_redis, settings, tmp_path) -> dict[str, str
             "DATASET_CACHE_ROOT": str(settings.DATASET_CACHE_ROOT),
             "METATRAIN_DATA": django_settings.METATRAIN_DATA,
             "RUN_HEARTBEAT_SECONDS": "1",
+            # Tests that pause a worker declare its run lost within seconds: a worker paused
+            # inside a write must not keep the run's row locked for the default 90 s.
+            "DB_IDLE_IN_TRANSACTION_SECONDS": "5",
             # Task worker processes cost more to start than these tiny runs take; the test
             # that checks them asks for two.
             "WORKER_TASK_WORKERS": "1",

@@ -236,6 +236,7 @@ HTML_READS = [
     "run-download",
     "compare",
     "leaderboard",
+    "leaderboard-seeds",
     "sweep-list",
     "sweep-new",
     "sweep-detail",
@@ -739,6 +740,7 @@ def test_every_page_sends_anonymous_users_to_the_login_page(finished_run, world,
         "dataset-detail": [dataset.pk],
         "sweep-detail": [1],
         "sweep-clone": [1],
+        "leaderboard-seeds": ["omniglot-paper-5way-1shot-transductive", finished_run.group_hash],
     }.get(name, [])
     url = reverse(name, args=args)
 

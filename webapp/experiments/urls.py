@@ -31,5 +31,10 @@ urlpatterns = [
     ),
     path("compare/", compare.compare, name="compare"),
     path("leaderboard/", leaderboard.leaderboard, name="leaderboard"),
+    path(
+        "leaderboard/<slug:key>/seeds/<str:group>/",
+        leaderboard.leaderboard_seeds,
+        name="leaderboard-seeds",
+    ),
     path("workers/", workers.worker_list, name="worker-list"),
 ]

@@ -4,9 +4,10 @@ paper's number as a reference row on each."""
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.template.loader import render_to_string
+from django.views.decorators.http import require_GET
 
 from .. import leaderboard as boards_module
 from .. import leaderboard_cache
@@ -34,3 +35,22 @@ def _body() -> str:
         "max_rows": boards_module.MAX_ROWS,
     }
     return render_to_string("experiments/_leaderboard_body.html", context)
+
+
+@login_required
+@require_GET
+def leaderboard_seeds(request: HttpRequest, key: str, group: str) -> HttpResponse:
+    """The seeds behind one row of one board, each a link to its run: with `fragment=1`, the
+    list the page inserts when the row's seeds are opened (the page no longer carries every
+    row's seeds); otherwise a page of its own, for the toggle's link without JavaScript."""
+    try:
+        benchmark = boards_module.Benchmark.from_key(key)
+    except ValueError:
+        raise Http404("No such benchmark.") from None
+    runs = boards_module.seed_runs(benchmark, group)
+    if not runs:
+        raise Http404("No succeeded run of this configuration on this board.")
+    context = {"runs": runs, "board": benchmark}
+    if request.GET.get("fragment") == "1":  # the page's toggle
+        return render(request, "experiments/_seed_runs.html", context)
+    return render(request, "experiments/leaderboard_seeds.html", context)  # a link followed

@@ -1,11 +1,13 @@
 """The database unreachable is an outage, not a bug: 503 with Retry-After, never a 500 page.
 
 Django raises OperationalError (cannot connect, connection lost, database locked past its
-timeout, a row lock waited for longer than DB_LOCK_TIMEOUT_SECONDS) or InterfaceError (a connection already closed) from wherever a query runs: a view,
-the lazy `request.user` of a session, the API's token lookup. The API's exception handler and
-this middleware both answer with `outage_response`: a JSON `{"detail": ...}` under /api/, a
-plain page elsewhere. The page is rendered without a request context, because the context
-processors (the user, the sign-up switch) would ask the database again.
+timeout, a row lock waited for longer than DB_LOCK_TIMEOUT_SECONDS) or InterfaceError (a
+connection already closed) from wherever a query runs: a view, the lazy `request.user` of a
+session, the API's token lookup. The API's exception handler and this middleware both answer
+with `outage_response`: a JSON `{"detail": ...}` under /api/, a plain page elsewhere; a lock
+waited for too long says so ("busy") rather than "unavailable". The page is rendered without
+a request context, because the context processors (the user, the sign-up switch) would ask the
+database again.
 """
 
 from __future__ import annotations

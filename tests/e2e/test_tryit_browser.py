@@ -124,6 +124,26 @@ SHAPES = [
 ]
 
 
+# Page coordinates of a spot on a sine plot at least 30 px from every one of the random task's
+# points (the "K points" trace).
+FREE_SPOT = """(id) => {
+  const div = document.getElementById(id);
+  const xa = div._fullLayout.xaxis, ya = div._fullLayout.yaxis;
+  const known = div.data.find((t) => t.name === "K points");
+  const px = known.x.map((x) => xa.l2p(x)), py = known.y.map((y) => ya.l2p(y));
+  const box = div.getBoundingClientRect();
+  for (const fy of [0.2, 0.8, 0.5, 0.1, 0.9, 0.35, 0.65]) {
+    for (const fx of [0.5, 0.3, 0.7, 0.1, 0.9]) {
+      const x = xa._length * fx, y = ya._length * fy;
+      if (px.every((p, i) => Math.hypot(p - x, py[i] - y) > 30)) {
+        return [box.left + xa._offset + x, box.top + ya._offset + y];
+      }
+    }
+  }
+  throw new Error("no free spot on the plot");
+}"""
+
+
 def test_trying_a_sine_and_an_omniglot_initialization(
     live_server,
     browser_page,  # noqa: F811
@@ -150,9 +170,9 @@ def test_trying_a_sine_and_an_omniglot_initialization(
         "() => document.getElementById('tryit-sine-trained').data.map(t => t.name)"
     )
     assert curves == ["task", "before adaptation", "after 1 step", "after 32 steps", "K points"]
-    # A click on the plot adds an 11th point, and the fits are computed again.
-    plot = page.locator("#tryit-sine-trained .nsewdrag").bounding_box()
-    page.mouse.click(plot["x"] + plot["width"] * 0.5, plot["y"] + plot["height"] * 0.2)
+    # A click on the plot away from the task's points adds an 11th point (a click within 12 px
+    # of one picks that point up instead), and the fits are computed again.
+    page.mouse.click(*page.evaluate(FREE_SPOT, "tryit-sine-trained"))
     page.wait_for_function("() => document.getElementById('tryit-sine').dataset.fits === '2'")
     assert "11 points" in page.inner_text("#tryit-sine-status")
 

@@ -43,6 +43,13 @@ def env_int(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name}={raw!r} is not an integer") from None
 
 
+def env_quota(name: str, default: int) -> int:
+    value = env_int(name, default)
+    if value < 0:
+        raise ImproperlyConfigured(f"{name}={value}: a limit is a whole number >= 0 (0: none)")
+    return value
+
+
 def env_task_workers(name: str, default: str) -> int | str:
     """'auto' or a positive number of processes (metatrain's --workers)."""
     raw = (os.environ.get(name) or default).strip().lower()
@@ -321,21 +328,11 @@ RUN_MAX_ATTEMPTS = env_int("RUN_MAX_ATTEMPTS", 3)
 # its run's row locked for as long as it is frozen, and while it is locked the run can be
 # neither declared lost nor resumed. No transaction of ours waits on its client for long, and
 # a writer silent for RUN_LOST_AFTER_SECONDS has lost its run anyway.
-DB_IDLE_IN_TRANSACTION_SECONDS = env_int("DB_IDLE_IN_TRANSACTION_SECONDS", RUN_LOST_AFTER_SECONDS)
-if DB_IDLE_IN_TRANSACTION_SECONDS < 0:
-    raise ImproperlyConfigured(
-        f"DB_IDLE_IN_TRANSACTION_SECONDS={DB_IDLE_IN_TRANSACTION_SECONDS}: expected 0 (never) "
-        "or a number of seconds"
-    )
+DB_IDLE_IN_TRANSACTION_SECONDS = env_quota("DB_IDLE_IN_TRANSACTION_SECONDS", RUN_LOST_AFTER_SECONDS)
 # How long a statement waits for a row lock before failing (0: forever). Ours are held for
 # milliseconds; one held longer is a writer frozen mid-transaction, and a page that waited for
 # it would hang until gunicorn kills its worker (--timeout=60). It answers 503 "busy" instead.
-DB_LOCK_TIMEOUT_SECONDS = env_int("DB_LOCK_TIMEOUT_SECONDS", 10)
-if DB_LOCK_TIMEOUT_SECONDS < 0:
-    raise ImproperlyConfigured(
-        f"DB_LOCK_TIMEOUT_SECONDS={DB_LOCK_TIMEOUT_SECONDS}: expected 0 (wait for ever) or a "
-        "number of seconds"
-    )
+DB_LOCK_TIMEOUT_SECONDS = env_quota("DB_LOCK_TIMEOUT_SECONDS", 10)
 if DATABASES["default"]["ENGINE"].startswith("django.db.backends.postgresql"):
     _session = [
         f"idle_in_transaction_session_timeout={DB_IDLE_IN_TRANSACTION_SECONDS * 1000}",
@@ -423,13 +420,6 @@ LOGGING = {
 # 0 means no limit. Staff are exempt (they run the server and can change these), except from
 # QUOTA_MAX_META_ITERS_PER_RUN, a bound on one run against a typo holding a worker for days.
 # Open sign-up is ALLOW_SIGNUP (Auth, above): on a shared server consider turning it off.
-
-
-def env_quota(name: str, default: int) -> int:
-    value = env_int(name, default)
-    if value < 0:
-        raise ImproperlyConfigured(f"{name}={value}: a limit is a whole number >= 0 (0: none)")
-    return value
 
 
 # Runs queued, running or lost (a lost run resumes), per user. 20 seeds fit in one experiment.

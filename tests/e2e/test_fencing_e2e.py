@@ -17,7 +17,6 @@ import hashlib
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 from django.core.files.storage import default_storage
@@ -26,7 +25,7 @@ import metatrain
 from webapp.experiments import run_files, services
 from webapp.experiments.models import Evaluation, MetricPoint, Run, RunAttempt
 from webapp.experiments.tasks import supervise_runs
-from webapp.experiments.watchdog import descendants
+from webapp.experiments.watchdog import descendants, is_gone
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -133,15 +132,6 @@ def test_a_worker_woken_after_losing_its_run_writes_nothing(
     assert steps == list(range(1, len(steps) + 1))
 
 
-def _gone(pid: int) -> bool:
-    """Dead: no such process, or a zombie waiting for its parent to collect it."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat[stat.rindex(")") + 2] == "Z"
-
-
 def test_a_run_whose_task_workers_hang_is_declared_stalled_and_resumed_on_a_fresh_process(
     owner, start_worker, wait_for, wait_for_run, settings
 ):
@@ -181,7 +171,14 @@ def test_a_run_whose_task_workers_hang_is_declared_stalled_and_resumed_on_a_fres
         worker=worker,
     )
     assert "recycled" in RunAttempt.objects.get(run=run, number=1).reason
-    assert all(_gone(pid) for pid in [attempt.pid, *task_workers])
+    # The worker waits for the killed tree to exit before closing the attempt; the grace here
+    # only covers a worker whose wait ran out on a loaded machine (it logs that and goes on).
+    wait_for(
+        lambda: all(is_gone(pid) for pid in [attempt.pid, *task_workers]),
+        15,
+        "the stuck process and its task workers to exit",
+        worker=worker,
+    )
     wait_for(_training(run.pk, hung_at, attempt=2), 120, "the run to resume", worker=worker)
     assert RunAttempt.objects.get(run=run, number=2).worker == worker.hostname
     print(f"hang detected after {detected:.1f} s")  # noqa: T201 (shown with -s)

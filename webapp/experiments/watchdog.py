@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -28,6 +29,11 @@ from .lifecycle import OUTCOME_LOST
 from .models import RunAttempt
 
 logger = logging.getLogger(__name__)
+
+# How long kill_tree waits for the killed processes to exit. SIGKILL is delivered at once, but a
+# process holding gigabytes of mappings (a CUDA context, a dataset) takes a moment to exit, and
+# until it has, its GPU memory is not free for the run that takes the slot next.
+EXIT_WAIT_SECONDS = 10.0
 
 
 def parent_of(pid: int) -> int | None:
@@ -59,16 +65,39 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def kill_tree(pid: int) -> None:
-    """SIGKILL a process and every process below it. The tree is stopped first, so that no
-    process forks or is reparented while it is being collected."""
+def is_gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie waiting for its parent to collect it (a zombie
+    holds no memory and runs nothing)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2] == "Z"
+
+
+def kill_tree(pid: int, wait: float = EXIT_WAIT_SECONDS) -> bool:
+    """SIGKILL a process and every process below it, then wait up to `wait` seconds for all of
+    them to exit; returns whether they did. The tree is stopped first, so that no process forks
+    or is reparented while it is being collected."""
     tree = [pid, *descendants(pid)]
     for member in tree:
         with contextlib.suppress(ProcessLookupError):
             os.kill(member, signal.SIGSTOP)
-    for member in [pid, *descendants(pid)]:
+    tree = list(dict.fromkeys([*tree, *descendants(pid)]))
+    for member in tree:
         with contextlib.suppress(ProcessLookupError):
             os.kill(member, signal.SIGKILL)
+    deadline = time.monotonic() + wait
+    while not all(is_gone(member) for member in tree):
+        if time.monotonic() >= deadline:
+            logger.warning(
+                "processes %s were sent SIGKILL %.0f s ago and have not exited yet",
+                [member for member in tree if not is_gone(member)],
+                wait,
+            )
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def recycle_stuck_processes(hostname: str, now=None) -> list[int]:

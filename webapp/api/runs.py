@@ -29,8 +29,8 @@ from .labels import set_labels_or_422
 from .outputs import (
     evaluation_data,
     kept_metrics_response,
-    run_data,
     run_detail_data,
+    run_list_data,
     series_data,
 )
 from .schemas import (
@@ -102,7 +102,7 @@ def list_runs(
         "count": runs.count(),
         "limit": limit,
         "offset": offset,
-        "items": [run_data(run, user) for run in runs[offset : offset + limit]],
+        "items": run_list_data(runs[offset : offset + limit], user),
     }
 
 

@@ -17,7 +17,7 @@ from webapp.experiments.sweeps import service
 from webapp.experiments.sweeps.results import configurations
 
 from .auth import user_of
-from .outputs import round_fraction, run_data
+from .outputs import round_fraction, run_list_data
 from .schemas import (
     INT32_MAX,
     PAGE_LIMIT_MAX,
@@ -155,16 +155,12 @@ def sweep_configurations(request: HttpRequest, sweep_id: SweepId):
 def sweep_runs(request: HttpRequest, sweep_id: SweepId, limit: Limit = 50, offset: Offset = 0):
     user = user_of(request)
     sweep = get_sweep_for_user(user, sweep_id)
-    runs = (
-        Run.objects.filter(experiment__sweep=sweep)
-        .select_related("experiment__owner", "experiment__user_dataset")
-        .order_by("-id")
-    )
+    runs = Run.objects.filter(experiment__sweep=sweep).order_by("-id")
     return {
         "count": runs.count(),
         "limit": limit,
         "offset": offset,
-        "items": [run_data(r, user) for r in runs[offset : offset + limit]],
+        "items": run_list_data(runs[offset : offset + limit], user),
     }
 
 

@@ -19,12 +19,18 @@ from django.core.exceptions import PermissionDenied
 from django.shortcuts import get_object_or_404
 
 from webapp.datasets.access import can_view as can_view_dataset
+from webapp.datasets.models import UserDataset
 
 from .models import Experiment, Run, Sweep
 
 
 def can_change(user, obj: Experiment | Run | Sweep) -> bool:
     owner_id = obj.experiment.owner_id if isinstance(obj, Run) else obj.owner_id
+    return may_change(user, owner_id)
+
+
+def may_change(user, owner_id: int) -> bool:
+    """The rule behind can_change, for a list that read only the owner's id."""
     return bool(user.is_authenticated and (user.is_staff or owner_id == user.pk))
 
 
@@ -70,7 +76,11 @@ def dataset_shown(user, experiment: Experiment) -> dict[str, Any] | None:
     """The uploaded dataset an experiment trains on, as users are shown it: {"pk", "name",
     "url"} for whoever may see the dataset; for anyone else only its id, name and url None
     (experiments are public, a private dataset's name is not). None without an upload."""
-    dataset = experiment.user_dataset
+    return shown_dataset(user, experiment.user_dataset)
+
+
+def shown_dataset(user, dataset: UserDataset | None) -> dict[str, Any] | None:
+    """`dataset_shown` for a dataset already in hand (a list loads its datasets at once)."""
     if dataset is None:
         return None
     if can_view_dataset(user, dataset):

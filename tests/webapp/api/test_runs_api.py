@@ -341,3 +341,50 @@ def test_the_runs_list_costs_the_same_queries_for_one_run_or_many(api, owner, ma
 
     assert len(many) == len(one)
     assert body["count"] == 6 and len(body["items"]) == 6
+
+
+def test_a_listed_run_is_the_run_as_its_own_answer_gives_it(api, owner, stranger, make_run):
+    """The list reads plain values (run_values), the detail a model instance: every field but
+    the config must agree, whoever owns the run and whatever dataset it trains on."""
+    from django.utils import timezone
+
+    from webapp.datasets.models import UserDataset
+
+    ready = UserDataset.Status.READY
+    datasets = [
+        None,
+        UserDataset.objects.create(owner=owner, name="mine, private", status=ready),
+        UserDataset.objects.create(owner=stranger, name="theirs, private", status=ready),
+        UserDataset.objects.create(owner=stranger, name="public", is_public=True, status=ready),
+        UserDataset.objects.create(owner=stranger, name="public, not ready", is_public=True),
+    ]
+    now = timezone.now()
+    kinds = [
+        {"status": "succeeded", "test_accuracy": 0.123456789, "test_ci95": 0.01, "test_tasks": 9,
+         "initialization": "runs/1/init.safetensors", "started_at": now, "finished_at": now},
+        {"status": "running", "iteration": 7, "total_iterations": 10, "seconds_per_iteration": 0.5,
+         "phase": "evaluating", "eval_tasks_done": 3, "eval_tasks_total": 9,
+         "eval_tasks_per_second": 2.0, "started_at": now, "heartbeat_at": now},
+        {"status": "cancelled", "checkpoint_file": "runs/2/checkpoint.pt", "tags": ",a,b,",
+         "notes": "n", "test_loss_before": 1.23456789, "test_loss_after": 0.1},
+        {"status": "queued", "cancel_requested": True},
+    ]  # fmt: skip
+    for index, dataset in enumerate(datasets):
+        for kind in kinds:
+            who = owner if index % 2 else stranger
+            run = make_run(who, name=f"run {index}", seed=index, **kind)
+            if dataset is not None:
+                run.experiment.user_dataset = dataset
+                run.experiment.save(update_fields=["user_dataset"])
+
+    items = api.get(URL, {"limit": 100}).json()["items"]
+
+    assert len(items) == len(datasets) * len(kinds)
+    for item in items:
+        detail = api.get(f"{URL}/{item['id']}").json()
+        if item["status"] == "running":  # counted to now: later in the second answer
+            assert 0 <= item.pop("duration_seconds") <= detail.pop("duration_seconds")
+        assert item == {k: v for k, v in detail.items() if k not in ("config", "config_hash")}
+    assert {item["user_dataset_name"] for item in items} == {
+        None, "mine, private", "public"
+    }  # fmt: skip

@@ -197,7 +197,7 @@ def test_the_runs_page_and_the_api_list_the_same_runs(owner, stranger, make_run,
     api = api_client(owner).get(f"/api/runs?{query}")
 
     assert api.status_code == 200, api.content
-    page_ids = [run.pk for run in page.context["runs"]]
+    page_ids = [row["id"] for row in page.context["runs"]]
     assert page_ids == [item["id"] for item in api.json()["items"]]
     assert page_ids  # every query here matches something
 

@@ -3,21 +3,22 @@
 Rendering 25 rows through Django's templates was most of the runs page's time (about 1.5 ms a
 row: every cell resolves its variables, includes and filters one by one), and a team's list
 is mostly runs that have stopped changing. So each process keeps the HTML of the rows it has
-rendered, keyed by everything a row can show: every stored column of the run and of its
-experiment (their JSON configs aside: no row shows them), the owner's name and the active time
-zone. A row is found again only when none of that changed, so a renamed, re-tagged or
-re-evaluated run is rendered afresh and nothing has to be invalidated. Running runs are never
-kept: their duration is counted to now.
+rendered, keyed by everything a row can show: the columns the row template reads (ROW_FIELDS:
+the run's, its experiment's and its owner's name) and the active time zone. A row is found
+again only when none of that changed, so a renamed, re-tagged or re-evaluated run is rendered
+afresh and nothing has to be invalidated. Running runs are never kept: their duration is
+counted to now. The list reads its page as plain values, which is all a kept row needs: model
+instances, which cost more than the query, are built only for the rows rendered.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from django.db import models
-from django.db.models.fields.files import FieldFile
+from django.db.models import QuerySet
 from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.safestring import SafeString, mark_safe
@@ -48,60 +49,63 @@ class RowCache:
         self._lock = threading.Lock()
         self.rendered = 0  # rows rendered (not found): for tests and benchmarks
 
-    def rows(self, runs: Iterable[Run]) -> list[SafeString]:
-        """The `<tr>` of each run, in order. `runs` should select_related
-        `experiment__owner` (filter_runs does), or each row costs two queries."""
-        out = []
-        for run in runs:
-            if run.status == Run.Status.RUNNING:
-                out.append(self._render(run))
-                continue
-            key = row_key(run)
-            with self._lock:
-                html = self._rows.get(key)
-                if html is not None:
-                    self._rows.move_to_end(key)
+    def rows(self, page: Sequence[Mapping[str, Any]], runs: QuerySet[Run]) -> list[SafeString]:
+        """The `<tr>` of each run of `page`, in order. `page` holds `values(*ROW_FIELDS)` rows,
+        so a page whose rows are all kept builds no model instance; the runs to render (new
+        content, or running) are read from `runs` in one query, which should select_related
+        `experiment__owner` (filter_runs does). A run deleted meanwhile is left out."""
+        zone = timezone.get_current_timezone_name()
+        found: dict[int, SafeString] = {}
+        to_render = []
+        for row in page:
+            html = None
+            if row["status"] != Run.Status.RUNNING:
+                html = self._kept((tuple(row[name] for name in ROW_FIELDS), zone))
             if html is None:
-                html = self._render(run)
-                with self._lock:
-                    self._rows[key] = html
-                    while len(self._rows) > self.max_rows:
-                        self._rows.popitem(last=False)
-            out.append(html)
-        return out
+                to_render.append(row["id"])
+            else:
+                found[row["id"]] = html
+        if to_render:
+            for run in runs.only(*ROW_FIELDS).filter(pk__in=to_render):
+                found[run.pk] = html = self._render(run)
+                # Kept under what was rendered, which may be newer than the page's row.
+                if run.status != Run.Status.RUNNING:
+                    self._keep((row_values(run), zone), html)
+        return [found[row["id"]] for row in page if row["id"] in found]
 
     def clear(self) -> None:
         with self._lock:
             self._rows.clear()
+
+    def _kept(self, key: tuple) -> SafeString | None:
+        with self._lock:
+            html = self._rows.get(key)
+            if html is not None:
+                self._rows.move_to_end(key)
+            return html
+
+    def _keep(self, key: tuple, html: SafeString) -> None:
+        with self._lock:
+            self._rows[key] = html
+            while len(self._rows) > self.max_rows:
+                self._rows.popitem(last=False)
 
     def _render(self, run: Run) -> SafeString:
         self.rendered += 1
         return mark_safe(render_to_string(ROW_TEMPLATE, {"run": run}))  # noqa: S308 (template output)
 
 
-def row_key(run: Run) -> tuple:
-    """Everything the row of `run` can show, as one hashable value."""
-    experiment = run.experiment
-    return (
-        _stored_values(run),
-        _stored_values(experiment),
-        experiment.owner.get_username(),
-        timezone.get_current_timezone_name(),
-    )
+def row_values(run: Run) -> tuple:
+    """A loaded run's ROW_FIELDS, as `values(*ROW_FIELDS)` gives them for the same content."""
+    return tuple(_follow(run, name) for name in ROW_FIELDS)
 
 
-def _stored_values(instance: models.Model) -> tuple:
-    deferred = instance.get_deferred_fields()
-    return tuple(
-        _plain(getattr(instance, field.attname))
-        for field in instance._meta.concrete_fields
-        if field.attname not in deferred and not isinstance(field, models.JSONField)
-    )
-
-
-def _plain(value: object) -> object:
-    # A stored file's value holds its model instance: keep its name, not the instance.
-    return value.name if isinstance(value, FieldFile) else value
+def _follow(value: Any, path: str) -> Any:
+    for name in path.split("__"):
+        if value is None:
+            return None
+        value = getattr(value, name)
+    return value
 
 
 run_rows = RowCache()

@@ -9,11 +9,16 @@ from django.utils import timezone
 
 from webapp.experiments.filtering import RunFilters, filter_runs
 from webapp.experiments.models import Run
-from webapp.experiments.run_rows import RowCache
+from webapp.experiments.run_rows import ROW_FIELDS, RowCache, row_values
 
 
 def listed(user):
-    return list(filter_runs(user, RunFilters()))
+    """The runs page's rows, as the page reads them."""
+    return list(filter_runs(user, RunFilters()).values(*ROW_FIELDS))
+
+
+def rendered(rows: RowCache, user, page=None):
+    return rows.rows(listed(user) if page is None else page, filter_runs(user, RunFilters()))
 
 
 @pytest.fixture
@@ -24,8 +29,8 @@ def rows():
 def test_a_stopped_runs_row_is_rendered_once_and_then_reused(rows, owner, make_run):
     make_run(owner, status="succeeded", test_accuracy=0.9)
 
-    first = rows.rows(listed(owner))
-    again = rows.rows(listed(owner))
+    first = rendered(rows, owner)
+    again = rendered(rows, owner)
 
     assert rows.rendered == 1
     assert again == first and "90.0" in first[0]
@@ -33,10 +38,10 @@ def test_a_stopped_runs_row_is_rendered_once_and_then_reused(rows, owner, make_r
 
 def test_a_renamed_retagged_or_reevaluated_run_is_rendered_afresh(rows, owner, make_run):
     run = make_run(owner, status="succeeded", test_accuracy=0.5)
-    rows.rows(listed(owner))
+    rendered(rows, owner)
 
     Run.objects.filter(pk=run.pk).update(name="baseline", tags="fast,paper", test_accuracy=0.75)
-    row = rows.rows(listed(owner))[0]
+    row = rendered(rows, owner)[0]
 
     assert rows.rendered == 2
     assert "baseline" in row and "?tag=paper" in row and "75.0" in row
@@ -44,13 +49,13 @@ def test_a_renamed_retagged_or_reevaluated_run_is_rendered_afresh(rows, owner, m
 
 def test_a_renamed_experiment_or_owner_is_shown(rows, owner, make_run):
     run = make_run(owner, status="succeeded")
-    rows.rows(listed(owner))
+    rendered(rows, owner)
 
     run.experiment.name = "renamed experiment"
     run.experiment.save(update_fields=["name"])
     owner.username = "new-owner-name"
     owner.save(update_fields=["username"])
-    row = rows.rows(listed(owner))[0]
+    row = rendered(rows, owner)[0]
 
     assert "renamed experiment" in row and "new-owner-name" in row
 
@@ -58,8 +63,8 @@ def test_a_renamed_experiment_or_owner_is_shown(rows, owner, make_run):
 def test_a_running_run_is_rendered_every_time(rows, owner, make_run):
     make_run(owner, status="running", started_at=timezone.now() - timedelta(seconds=90))
 
-    rows.rows(listed(owner))
-    rows.rows(listed(owner))
+    rendered(rows, owner)
+    rendered(rows, owner)
 
     assert rows.rendered == 2
 
@@ -70,9 +75,9 @@ def test_the_least_recently_used_rows_are_dropped_beyond_the_bound(owner, make_r
         make_run(owner, status="succeeded", seed=seed)
     runs = listed(owner)  # newest first: seeds 2, 1, 0
 
-    rows.rows(runs)  # all three rendered; seed 2's row dropped
-    rows.rows(runs[1:])  # seeds 1 and 0: kept
-    rows.rows(runs[:1])  # seed 2: rendered again
+    rendered(rows, owner, runs)  # all three rendered; seed 2's row dropped
+    rendered(rows, owner, runs[1:])  # seeds 1 and 0: kept
+    rendered(rows, owner, runs[:1])  # seed 2: rendered again
 
     assert rows.rendered == 4
 
@@ -106,3 +111,36 @@ def test_the_runs_page_costs_the_same_queries_for_one_run_or_many(client, owner,
 
     assert len(many) == len(one)
     assert page.count("<tr data-run=") == 11
+
+
+def test_a_page_of_kept_rows_reads_no_run_beyond_the_page(client, owner, make_run):
+    """Kept rows need only the page's plain values: the query that loads runs to render them
+    is not made."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client.force_login(owner)
+    make_run(owner, status="succeeded", test_accuracy=0.5)
+    with CaptureQueriesContext(connection) as first:
+        client.get("/")
+    with CaptureQueriesContext(connection) as again:
+        client.get("/")
+
+    assert len(again) == len(first) - 1
+
+
+def test_a_row_read_as_values_and_the_same_run_loaded_have_the_same_key(owner, make_run):
+    """The page looks rows up by their values; they are kept under the loaded run's."""
+    run = make_run(owner, status="succeeded", name="n", tags="x,y", test_accuracy=0.25)
+    loaded = filter_runs(owner, RunFilters()).only(*ROW_FIELDS).get(pk=run.pk)
+
+    assert row_values(loaded) == tuple(listed(owner)[0][name] for name in ROW_FIELDS)
+
+
+def test_a_run_deleted_between_the_page_and_its_rendering_is_left_out(rows, owner, make_run):
+    gone = make_run(owner, status="succeeded", seed=1)
+    make_run(owner, status="succeeded", seed=2)
+    page = listed(owner)
+    gone.delete()
+
+    assert len(rendered(rows, owner, page)) == 1

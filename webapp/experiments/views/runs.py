@@ -133,12 +133,15 @@ def waiting_for(run: Run) -> str:
 @login_required
 def run_list(request: HttpRequest) -> HttpResponse:
     filters = RunFilters.from_query(request.GET)
-    runs = filter_runs(request.user, filters).only(*ROW_FIELDS)
+    runs = filter_runs(request.user, filters)
     page = Paginator(runs, RUNS_PER_PAGE).get_page(request.GET.get("page"))
+    # The page's rows as plain values (run_rows); the count above is of the runs alone, as a
+    # values() query would join the experiment and owner tables into it.
+    page.object_list = list(page.object_list.values(*ROW_FIELDS))
     context = {
         "page_obj": page,
         "runs": page.object_list,
-        "rows": run_rows.rows(page.object_list),
+        "rows": run_rows.rows(page.object_list, filter_runs(request.user, RunFilters())),
         "filters": filters,
         "statuses": Run.Status.choices,
         "datasets": dataset_names(),
@@ -148,7 +151,7 @@ def run_list(request: HttpRequest) -> HttpResponse:
         "owners": owner_names(),
         "sorts": [(key, label) for key, (label, _) in SORTS.items()],
         "filtered": filters.active,
-        "live_ids": [run.pk for run in page.object_list if run.is_active],
+        "live_ids": [row["id"] for row in page.object_list if row["status"] in Run.ACTIVE_STATUSES],
         "poll_ms": POLL_MS,
     }
     return render(request, "experiments/run_list.html", context)

@@ -8,6 +8,7 @@ does not know, the API refuses them with a 422) and hands the result to `filter_
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
 
 from django.contrib.auth import get_user_model
@@ -141,7 +142,17 @@ def dataset_names() -> list[str]:
 def owner_names() -> list[str]:
     """The usernames of everyone with an experiment, sorted: the runs page's owner menu. One
     index probe per user, not a join over every experiment."""
+    sql, params = _owner_names_sql()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return [row[0] for row in cursor.fetchall()]
+
+
+@functools.cache
+def _owner_names_sql() -> tuple[str, tuple]:
+    # Compiled once: the query never changes, and building it through the ORM on every runs
+    # page cost several times what the database takes to answer it.
     owners = get_user_model().objects.filter(
         Exists(Experiment.objects.filter(owner=OuterRef("pk")))
     )
-    return list(owners.order_by("username").values_list("username", flat=True))
+    return owners.order_by("username").values_list("username", flat=True).query.sql_with_params()

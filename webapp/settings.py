@@ -188,6 +188,14 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 LOGIN_URL = "login"
+# Every page a logged-in user opens reads their session and then their user: Django's
+# database session engine and ModelBackend, each with that SELECT written once as raw SQL
+# (webapp/accounts/sessions.py, backends.py). ModelBackend itself is not listed as well:
+# sessions that name it are read as RawModelBackend's by the session engine (sessions.py), and
+# a second backend would check a wrong password a second time on every failed login. Changing
+# SESSION_ENGINE? List ModelBackend after RawModelBackend, or those sessions are logged out.
+SESSION_ENGINE = "webapp.accounts.sessions"
+AUTHENTICATION_BACKENDS = ["webapp.accounts.backends.RawModelBackend"]
 # false: only an administrator creates accounts (the sign-up page answers 403, links hidden).
 ALLOW_SIGNUP = env_bool("ALLOW_SIGNUP", True)
 # Failed-login throttle (webapp/accounts/throttling.py): per username from any address, and per

@@ -99,6 +99,7 @@ def _credentials(env: dict[str, str]) -> dict:
     import django
 
     django.setup()
+    from django.conf import settings
     from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
     from django.contrib.sessions.backends.db import SessionStore
     from django.db import connection
@@ -116,7 +117,7 @@ def _credentials(env: dict[str, str]) -> dict:
     _, token = ApiToken.issue(user, "bench-web")
     session = SessionStore()
     session[SESSION_KEY] = str(user.pk)
-    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    session[BACKEND_SESSION_KEY] = settings.AUTHENTICATION_BACKENDS[0]  # as login() leaves it
     session[HASH_SESSION_KEY] = user.get_session_auth_hash()
     session.create()
     found = {

@@ -479,6 +479,15 @@ def _training_worker(plan: Plan, hostname: str) -> WorkerProcess:
     raise CycleFailed(f"the run is trained by {hostname!r}, not by a worker of this tool")
 
 
+def _jitter_bound(run, total: int) -> float:
+    """The longest random wait before a strike: a heartbeat, or less when the run's measured
+    speed says it would finish first (its stored iteration may be a heartbeat old)."""
+    if not run.seconds_per_iteration:
+        return HEARTBEAT_SECONDS
+    time_left = (total - run.iteration) * run.seconds_per_iteration - HEARTBEAT_SECONDS
+    return max(0.0, min(HEARTBEAT_SECONDS, time_left / 2))
+
+
 def run_cycle(result: CycleResult, owner, plan: Plan) -> WorkerProcess:
     """One cycle, written into `result` as it goes (what it measured before a CycleFailed
     stays there); returns the fresh worker started after the strike."""
@@ -499,10 +508,12 @@ def run_cycle(result: CycleResult, owner, plan: Plan) -> WorkerProcess:
     result.run_id = run.pk
     total = plan.iterations
 
-    # Past the first checkpoint, then a random iteration before 60 % of the run, then a random
-    # fraction of a heartbeat so the strike does not line up with the reporter's writes.
+    # Past the first checkpoint, then a random iteration before 40 % of the run, then a random
+    # fraction of a heartbeat so the strike does not line up with the reporter's writes. The
+    # stored iteration lags the training by up to a heartbeat, and a fast machine trains a
+    # small run in a few heartbeats: the wait is bounded by the run's measured time left.
     target = plan.rng.randint(
-        plan.checkpoint_interval + 1, max(plan.checkpoint_interval + 2, int(total * 0.6))
+        plan.checkpoint_interval + 1, max(plan.checkpoint_interval + 2, int(total * 0.4))
     )
     _wait(
         lambda: Run.objects.filter(
@@ -515,7 +526,7 @@ def run_cycle(result: CycleResult, owner, plan: Plan) -> WorkerProcess:
         f"run {run.pk} to reach iteration {target}",
         workers=plan.workers,
     )
-    time.sleep(plan.rng.uniform(0, HEARTBEAT_SECONDS))
+    time.sleep(plan.rng.uniform(0, _jitter_bound(Run.objects.get(pk=run.pk), total)))
 
     victim = Run.objects.get(pk=run.pk)
     if victim.status != Run.Status.RUNNING:

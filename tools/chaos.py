@@ -3,10 +3,10 @@
     python tools/chaos.py [--cycles N] [--scenario kill[,term,...]] [--database-url URL] [--json]
     python -m tools.chaos ...
 
-Each cycle creates a small sine run (by default 6,000 iterations, 15-20 s on one core, a
+Each cycle creates a small sine run (by default 6,000 iterations, 5-20 s on one core, a
 checkpoint and a validation every 1,000), lets a real `celery worker` train it past its first
 checkpoint, and strikes the worker training it at a random moment (a random iteration between
-the first checkpoint and 60 % of the run, plus a random fraction of a heartbeat) with one of
+the first checkpoint and 40 % of the run, plus a random fraction of a heartbeat) with one of
 the scenarios below. A fresh worker is started at once (it becomes the next cycle's victim).
 The cycle measures how long the struck attempt takes to be closed (marked `lost` by the
 supervisor, or `released` by a worker that hands its run back), whether the run resumes from
